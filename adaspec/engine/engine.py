@@ -1,0 +1,366 @@
+"""The speculative decoding engine: continuous batching, ragged per-request drafts, lossless verification.
+
+One step, for every running request at once:
+  schedule  decoding requests first, then prompt chunks within the token budget;
+  budget    the request's policy gives it k_i (0 <= k_i <= max_spec_len);
+  propose   the draft model drafts k_i tokens per request (ragged) and catches up on committed tokens;
+  score     one packed target forward over prompt chunks and [last token, drafts] of every request;
+  verify    rejection sampling (kernels.rejection_sample) accepts a prefix and adds one target token;
+  commit    append the emitted tokens, roll both KV caches back to what was accepted, finish requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Sequence as Seq
+
+import torch
+from tqdm import tqdm
+
+import kernels
+from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
+from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
+from adaspec.engine.model_loader import (
+    BUNDLED_DRAFT,
+    BUNDLED_TARGET,
+    LoadedModel,
+    check_same_vocabulary,
+    default_device,
+    default_dtype,
+    load_model,
+)
+from adaspec.engine.model_runner import ForwardItem, ModelRunner
+from adaspec.engine.policy import DraftBudget, Policy, make_policy
+from adaspec.engine.scheduler import Scheduler
+from adaspec.engine.sequence import Sequence, SequenceStatus
+from adaspec.outputs import RequestOutput
+from adaspec.sampling_params import SamplingParams
+from kernels.rng import splitmix64
+
+DEFAULT_CPU_KV_BYTES = 512 * 2**20
+VERIFY_STREAM = 2
+
+Prompt = str | list[int]
+
+
+class Engine:
+    """Speculative decoding over a target and a draft model that share a vocabulary.
+
+    `Engine()` loads the bundled pair; `Engine(target="dir", draft="dir")` any local HF checkpoints of
+    the Llama family; without a draft only the `none` policy is available.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        draft: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        kv_cache_memory: int | None = None,
+        block_size: int = 16,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+        max_spec_len: int = 8,
+        max_model_len: int | None = None,
+        seed: int = 0,
+    ):
+        if target is None:
+            target, draft = BUNDLED_TARGET, draft or BUNDLED_DRAFT
+        self.device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(self.device)
+        if not 0 <= max_spec_len <= kernels.rejection_sampler_ref.MAX_SPEC_LEN:
+            raise ValueError(f"max_spec_len must be in [0, {kernels.rejection_sampler_ref.MAX_SPEC_LEN}]")
+        self.max_spec_len = max_spec_len
+        self.target = load_model(target, self.device, dtype)
+        self.draft = load_model(draft, self.device, dtype) if draft is not None else None
+        if self.draft is not None:
+            check_same_vocabulary(self.target, self.draft)
+        self.tokenizer = self.target.tokenizer
+        limits = [self.target.max_model_len] + ([self.draft.max_model_len] if self.draft else [])
+        self.max_model_len = min(limits + ([max_model_len] if max_model_len else []))
+        self.eos_token_ids = _eos_token_ids(self.target)
+
+        budget = kv_cache_memory or _default_kv_budget(self.device)
+        caches = self._allocate_kv_caches(budget, block_size)
+        self.target_runner = ModelRunner(self.target, caches[0])
+        self.drafter = Drafter(ModelRunner(self.draft, caches[1]), self.target.vocab_size) if self.draft else None
+        self.scheduler = Scheduler(
+            caches[0].blocks, caches[1].blocks if self.draft else None, max_num_seqs, max_num_batched_tokens,
+            reserve_tokens=self._reserve_tokens,
+        )
+        self._ids = itertools.count()
+        self._seed_source = random.Random(seed)
+        self._sequences: dict[int, Sequence] = {}
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def add_request(self, prompt: Prompt, params: SamplingParams, policy: str | Policy = "fixed:4") -> int:
+        """Validate and queue one request; returns its id. Raises ValueError or KVCacheExhausted."""
+        seq = self._new_sequence(prompt, params, policy)
+        self._check_fits(seq)
+        self._sequences[seq.seq_id] = seq
+        self.scheduler.add(seq)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> None:
+        seq = self._sequences.get(request_id)
+        if seq is not None and not seq.finished:
+            self._finish(seq, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def pop_output(self, request_id: int) -> RequestOutput:
+        """The output of a finished request; forgets the request."""
+        seq = self._sequences.pop(request_id)
+        assert seq.finished, f"request {request_id} is still running"
+        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        if seq.stop_text_index is not None:
+            text = text[: seq.stop_text_index]
+        return RequestOutput(
+            request_id=seq.seq_id,
+            prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
+            token_ids=seq.output_ids,
+            text=text,
+            finish_reason=seq.finish_reason,
+            stats=seq.stats.as_dict(seq.num_output_tokens),
+        )
+
+    def generate(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        policy: str | Policy = "fixed:4",
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in prompt order. Every prompt is checked before any runs."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = params if params is not None else SamplingParams()
+        params_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} SamplingParams")
+        seqs = [self._new_sequence(p, sp, policy) for p, sp in zip(prompts, params_list)]
+        for seq in seqs:
+            self._check_fits(seq)
+        for seq in seqs:
+            self._sequences[seq.seq_id] = seq
+            self.scheduler.add(seq)
+        try:
+            with tqdm(total=len(seqs), disable=not use_tqdm, desc="generate", unit="req") as bar:
+                while not all(s.finished for s in seqs):
+                    bar.update(len(self.step()))
+        finally:
+            for seq in seqs:
+                self.abort(seq.seq_id)
+        return [self.pop_output(s.seq_id) for s in seqs]
+
+    # ---- one engine step ------------------------------------------------------------------------
+
+    def step(self) -> list[Sequence]:
+        """Advance every running request by one speculative step; returns the requests that finished."""
+        decoding = self.scheduler.decoding()
+        budgets = [self._budget(seq, b) for seq, b in zip(decoding, self._policy_budgets(decoding))]
+        spent = sum(b.max_tokens + 1 for b in budgets)
+        prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
+        drafts = self._propose(decoding, budgets)
+        logits, verifying = self._score(decoding, drafts, prefills)
+        num_accepted, emitted = self._verify(verifying, drafts.tokens + [[]] * (len(verifying) - len(decoding)),
+                                             drafts, logits)
+        return self._commit(verifying, drafts, num_accepted, emitted)
+
+    def _policy_budgets(self, seqs: list[Sequence]) -> list[DraftBudget]:
+        budgets: dict[int, DraftBudget] = {}
+        by_policy: dict[int, list[Sequence]] = {}
+        for seq in seqs:
+            by_policy.setdefault(id(seq.policy), []).append(seq)
+        for group in by_policy.values():
+            budgets.update((s.seq_id, b) for s, b in zip(group, group[0].policy.budgets(group)))
+        return [budgets[s.seq_id] for s in seqs]
+
+    def _budget(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
+        """Cap k_i so that drafts never run past max_tokens or the context window."""
+        room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq.token_ids)) - 1
+        k = max(0, min(budget.max_tokens, self.max_spec_len, room)) if seq.policy.uses_draft else 0
+        return DraftBudget(k, budget.min_confidence)
+
+    def _propose(self, decoding: list[Sequence], budgets: list[DraftBudget]) -> Drafts:
+        if self.drafter is None:
+            return no_drafts(len(decoding), min(SPARSE_K, self.target.vocab_size), self.device)
+        uses = [i for i, s in enumerate(decoding) if s.policy.uses_draft]
+        proposed = self.drafter.propose([decoding[i] for i in uses], [budgets[i] for i in uses])
+        drafts = self.drafter.empty(len(decoding))
+        drafts.topk_ids, drafts.topk_probs = proposed.topk_ids, proposed.topk_probs
+        for j, i in enumerate(uses):  # `uses` is increasing, so the sparse rows stay in request order
+            drafts.tokens[i], drafts.confidences[i] = proposed.tokens[j], proposed.confidences[j]
+        return drafts
+
+    def _score(self, decoding: list[Sequence], drafts: Drafts, prefills: list[tuple[Sequence, int]]):
+        """One target forward. Returns (logits [rows, vocab], the requests being verified in row order)."""
+        blocks = self.target_runner.kv_cache.blocks
+        items, verifying = [], list(decoding)
+        for seq, draft in zip(decoding, drafts.tokens):
+            pending = seq.token_ids[blocks.num_tokens(seq.seq_id) :]
+            items.append(ForwardItem(seq.seq_id, pending + draft, len(draft) + 1))
+        for seq, n in prefills:
+            start = blocks.num_tokens(seq.seq_id)
+            completes = start + n == len(seq.token_ids)
+            items.append(ForwardItem(seq.seq_id, seq.token_ids[start : start + n], int(completes)))
+            if completes:
+                verifying.append(seq)
+        if not items:
+            return torch.zeros(0, self.target.vocab_size), verifying
+        return self.target_runner.forward(items), verifying
+
+    def _verify(self, seqs: list[Sequence], draft_tokens: list[list[int]], drafts: Drafts, logits: torch.Tensor):
+        if not seqs:
+            return [], []
+        device = logits.device
+        params = [s.params for s in seqs]
+        num_accepted, emitted = kernels.rejection_sample(
+            target_logits=logits,
+            draft_token_ids=torch.tensor([t for d in draft_tokens for t in d], dtype=torch.long, device=device),
+            draft_topk_ids=drafts.topk_ids.to(device),
+            draft_topk_probs=drafts.topk_probs.to(device),
+            cu_num_draft_tokens=torch.tensor(list(itertools.accumulate(map(len, draft_tokens))), device=device),
+            temperature=torch.tensor([p.temperature for p in params], device=device),
+            top_k=torch.tensor([p.top_k for p in params], device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            is_greedy=torch.tensor([p.greedy for p in params], device=device),
+            seeds=torch.tensor([splitmix64(s.seed, len(s.token_ids), VERIFY_STREAM) for s in seqs], device=device),
+            max_spec_len=max(map(len, draft_tokens)),
+        )
+        return num_accepted.tolist(), emitted.tolist()
+
+    def _commit(self, seqs: list[Sequence], drafts: Drafts, num_accepted: list[int], emitted: list[list[int]]):
+        finished = []
+        now = time.perf_counter()
+        for i, seq in enumerate(seqs):
+            accepted = num_accepted[i]
+            committed_before = len(seq.token_ids)
+            if seq.status is SequenceStatus.DECODING:
+                seq.stats.steps += 1
+                seq.stats.draft_tokens += len(drafts.tokens[i])
+                seq.stats.accepted_tokens += accepted
+            else:
+                seq.status = SequenceStatus.DECODING
+                seq.stats.first_token_time = now
+            for token in emitted[i][: accepted + 1]:
+                seq.token_ids.append(token)
+                reason = self._stop_reason(seq, token)
+                if reason:
+                    self._finish(seq, reason)
+                    finished.append(seq)
+                    break
+            else:
+                self._roll_back(seq, committed_before + accepted)
+        return finished
+
+    def _roll_back(self, seq: Sequence, num_valid: int) -> None:
+        """Truncate both caches to the tokens that were accepted (rejected drafts leave)."""
+        for blocks in self._block_managers():
+            if seq.seq_id in blocks:
+                blocks.resize(seq.seq_id, min(blocks.num_tokens(seq.seq_id), num_valid))
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.params
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            return "stop"
+        if params.stop:
+            text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+            scan_from = max(0, seq.stop_scan_from - max(map(len, params.stop)) + 1)
+            hits = [i for s in params.stop if (i := text.find(s, scan_from)) >= 0]
+            seq.stop_scan_from = len(text)
+            if hits:
+                seq.stop_text_index = min(hits)
+                return "stop"
+        if seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        seq.stats.finish_time = time.perf_counter()
+        self.scheduler.remove(seq)
+        for blocks in self._block_managers():
+            blocks.free(seq.seq_id)
+
+    # ---- setup and checks -----------------------------------------------------------------------
+
+    def _new_sequence(self, prompt: Prompt, params: SamplingParams, policy: str | Policy) -> Sequence:
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        policy = make_policy(policy, self.max_spec_len)
+        if policy.uses_draft and self.drafter is None:
+            raise ValueError(f"policy '{policy}' needs a draft model; this engine has none (use 'none')")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            prompt_ids = self.tokenizer(prompt)["input_ids"]
+        else:
+            prompt_ids = list(prompt)
+            if not prompt_ids:
+                raise ValueError("prompt is empty")
+            bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens and the prompt "
+                f"must leave room for at least one new token"
+            )
+        seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
+        return Sequence(next(self._ids), prompt_ids, params, seed, policy)
+
+    def _reserve_tokens(self, seq: Sequence) -> int:
+        final_len = min(seq.num_prompt_tokens + seq.params.max_tokens, self.max_model_len)
+        return final_len + (self.max_spec_len if seq.policy.uses_draft else 0)
+
+    def _check_fits(self, seq: Sequence) -> None:
+        need = self._reserve_tokens(seq)
+        for blocks in self._block_managers():
+            if blocks.blocks_for(need) > blocks.num_blocks:
+                raise KVCacheExhausted(
+                    f"request needs {blocks.blocks_for(need)} KV blocks ({need} tokens) but the cache holds only "
+                    f"{blocks.num_blocks} blocks of {blocks.block_size} tokens; raise kv_cache_memory or lower "
+                    f"max_tokens"
+                )
+
+    def _block_managers(self):
+        yield self.target_runner.kv_cache.blocks
+        if self.drafter is not None:
+            yield self.drafter.blocks
+
+    def _allocate_kv_caches(self, budget: int, block_size: int) -> tuple[PagedKVCache, PagedKVCache | None]:
+        """Split one byte budget between target and draft so that both hold the same number of tokens."""
+        models = [m for m in (self.target, self.draft) if m is not None]
+        per_token = [PagedKVCache.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, m.dtype) for m in models]
+        caches = [
+            PagedKVCache.from_budget(budget * size // sum(per_token), m.num_layers, m.num_kv_heads, m.head_dim,
+                                     block_size, m.dtype, self.device)
+            for m, size in zip(models, per_token)
+        ]
+        return caches[0], caches[1] if len(caches) > 1 else None
+
+    def kv_usage(self) -> dict:
+        """Free and total blocks of each cache (what a health endpoint or a test reads)."""
+        names = ("target", "draft")
+        return {name: (b.num_free_blocks, b.num_blocks) for name, b in zip(names, self._block_managers())}
+
+
+def _eos_token_ids(model: LoadedModel) -> set[int]:
+    ids = model.model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(model.tokenizer.eos_token_id)
+    return ids
+
+
+def _default_kv_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    return DEFAULT_CPU_KV_BYTES

@@ -1,0 +1,161 @@
+"""Engine throughput on the bundled pair: `none` and `fixed:1..8` against transformers baselines.
+
+    python benchmarks/bench_engine.py            # batch 1 and 8, 128 new tokens, greedy
+    python benchmarks/bench_engine.py --rounds 1 --max-k 4
+
+Baselines run in the same process, interleaved round by round with the engine (timings on shared
+machines drift by ±15-30 % between runs): `transformers` `generate` on the target alone, and
+assisted generation (`assistant_model=` the draft; transformers supports it at batch 1 only, so at
+batch 8 the prompts run one after another). Prints a table, writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
+
+from adaspec import Engine, SamplingParams
+from adaspec.engine.model_loader import BUNDLED_DRAFT, BUNDLED_TARGET, MODELS_DIR
+
+OUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def held_out_prompts(tokenizer, count: int, prompt_tokens: int) -> list[list[int]]:
+    """Prompt windows from the standard-library files the bundled pair never trained on."""
+    files = json.loads((MODELS_DIR / "TRAINING.json").read_text())["held_out_files"]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    ids = []
+    for name in files:
+        path = stdlib / name
+        if path.is_file():
+            ids += tokenizer(path.read_text(encoding="utf-8", errors="replace"))["input_ids"]
+    if len(ids) < count * prompt_tokens * 3:
+        sys.exit("held-out files are missing on this Python; run on the Python the models were trained with")
+    stride = len(ids) // count
+    return [ids[i * stride : i * stride + prompt_tokens] for i in range(count)]
+
+
+def time_engine(engine: Engine, prompts, policy: str, new_tokens: int) -> dict:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params, policy=policy)
+    elapsed = time.perf_counter() - start
+    drafted = sum(o.stats["draft_tokens"] for o in outs)
+    return {
+        "seconds": elapsed,
+        "tokens": sum(len(o.token_ids) for o in outs),
+        "acceptance": sum(o.stats["accepted_tokens"] for o in outs) / drafted if drafted else None,
+        "tokens_per_step": sum(len(o.token_ids) - 1 for o in outs) / max(1, sum(o.stats["steps"] for o in outs)),
+    }
+
+
+@torch.inference_mode()
+def time_hf(target, prompts, new_tokens: int, assistant=None) -> dict:
+    """HF generate on padded batches (left padding); with an assistant, one prompt at a time."""
+    groups = [[p] for p in prompts] if assistant is not None else [prompts]
+    tokens, start = 0, time.perf_counter()
+    for group in groups:
+        width = max(map(len, group))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in group])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+        out = target.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=0, assistant_model=assistant)
+        tokens += (out.shape[1] - width) * len(group)
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "acceptance": None, "tokens_per_step": None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--max-k", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=96)
+    parser.add_argument("--batch1-prompts", type=int, default=3, help="batch-1 runs per method and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "engine.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    engine = Engine(max_spec_len=args.max_k)
+    target = AutoModelForCausalLM.from_pretrained(BUNDLED_TARGET, dtype=torch.float32).eval()
+    draft = AutoModelForCausalLM.from_pretrained(BUNDLED_DRAFT, dtype=torch.float32).eval()
+    for model in (target, draft):
+        model.generation_config.eos_token_id = None  # exactly new_tokens tokens, like ignore_eos
+    prompts = held_out_prompts(engine.tokenizer, max(args.batches + [args.batch1_prompts]), args.prompt_tokens)
+
+    methods = {"hf generate": lambda p: time_hf(target, p, args.new_tokens),
+               "hf assisted": lambda p: time_hf(target, p, args.new_tokens, assistant=draft)}
+    for policy in ["none"] + [f"fixed:{k}" for k in range(1, args.max_k + 1)]:
+        methods[policy] = lambda p, policy=policy: time_engine(engine, p, policy, args.new_tokens)
+
+    runs: dict[tuple[int, str], list[dict]] = {}
+    time_engine(engine, prompts[:2], "fixed:4", 16)  # warm-up
+    jobs = [(r, b, name) for r in range(args.rounds) for b in args.batches for name in methods]
+    for _, batch, name in tqdm(jobs, desc="benchmark", unit="run"):
+        groups = [[p] for p in prompts[: args.batch1_prompts]] if batch == 1 else [prompts[:batch]]
+        for group in groups:
+            runs.setdefault((batch, name), []).append(methods[name](group))
+
+    results = []
+    for (batch, name), samples in runs.items():
+        rate = statistics.median(s["tokens"] / s["seconds"] for s in samples)
+        acceptance = [s["acceptance"] for s in samples if s["acceptance"] is not None]
+        per_step = [s["tokens_per_step"] for s in samples if s["tokens_per_step"] is not None]
+        results.append({"batch": batch, "method": name, "tokens_per_s": rate,
+                        "acceptance": statistics.mean(acceptance) if acceptance else None,
+                        "tokens_per_step": statistics.mean(per_step) if per_step else None})
+    for batch in args.batches:
+        rows = [r for r in results if r["batch"] == batch]
+        base = {r["method"]: r["tokens_per_s"] for r in rows}
+        for r in rows:
+            r["vs_hf_generate"] = r["tokens_per_s"] / base["hf generate"]
+            r["vs_hf_assisted"] = r["tokens_per_s"] / base["hf assisted"]
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rounds": args.rounds,
+            "torch_threads": torch.get_num_threads(), "device": str(engine.device), "greedy": True}
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'batch':>5}  {'method':<12} {'tok/s':>8} {'vs generate':>12} {'vs assisted':>12} "
+          f"{'accept':>7} {'tok/step':>9}")
+    for r in results:
+        acc = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
+        tps = f"{r['tokens_per_step']:.2f}" if r["tokens_per_step"] is not None else "-"
+        print(f"{r['batch']:>5}  {r['method']:<12} {r['tokens_per_s']:>8.1f} {r['vs_hf_generate']:>11.2f}x "
+              f"{r['vs_hf_assisted']:>11.2f}x {acc:>7} {tps:>9}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in results})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in results if r["batch"] == batch]
+        colors = ["tab:gray" if r["method"].startswith("hf") else "tab:blue" for r in rows]
+        ax.bar([r["method"] for r in rows], [r["tokens_per_s"] for r in rows], color=colors)
+        ax.set_title(f"bundled pair, greedy, batch {batch}")
+        ax.set_ylabel("output tokens / s")
+        ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Ragged attention over a paged KV cache — the pure-PyTorch reference.
+
+Request b brings q_b query tokens (cu_query_lens[b] : cu_query_lens[b + 1] of the packed query); they
+are the last q_b of its seq_lens[b] tokens, whose keys and values are already in the cache. Each query
+attends to every cached position up to its own (causal among the new tokens). Grouped-query
+attention: query head h reads key-value head h // (num_heads // num_kv_heads).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [batch, max_blocks_per_seq] int
+    cu_query_lens: torch.Tensor,  # [batch + 1] int
+    seq_lens: torch.Tensor,  # [batch] int
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    num_tokens, num_heads, head_dim = query.shape
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    batch = seq_lens.shape[0]
+    assert key_cache.shape == value_cache.shape and key_cache.shape[-1] == head_dim
+    assert num_heads % num_kv_heads == 0 and cu_query_lens.shape == (batch + 1,)
+    assert block_tables.shape[0] == batch and max_seq_len <= block_tables.shape[1] * block_size
+    device = query.device
+
+    query_lens = (cu_query_lens[1:] - cu_query_lens[:-1]).long()  # [batch]
+    q_offsets = torch.arange(max_query_len, device=device)  # [max_query_len]
+    q_valid = q_offsets[None, :] < query_lens[:, None]  # [batch, max_query_len]
+    q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1)
+    q = query[q_index].transpose(1, 2)  # [batch, num_heads, max_query_len, head_dim]
+
+    kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
+    blocks = block_tables[:, kv_pos // block_size].long()  # [batch, max_seq_len]
+    slots = blocks * block_size + kv_pos % block_size  # [batch, max_seq_len]
+    k = key_cache.flatten(0, 1)[slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
+    v = value_cache.flatten(0, 1)[slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
+
+    q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
+    mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # [batch, max_query_len, max_seq_len]
+    mask |= ~q_valid[:, :, None] & (kv_pos == 0)  # padding rows see one key, so they stay finite
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None], scale=scale, enable_gqa=num_kv_heads != num_heads
+    )  # [batch, num_heads, max_query_len, head_dim]
+    return out.transpose(1, 2)[q_valid]

@@ -1,0 +1,45 @@
+"""Turn raw logits into the distribution a request samples from: temperature, then top-k, then top-p.
+
+The same function makes p (target) in verification and q (draft) in drafting, so both sides of the
+rejection test see the same transformation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def processed_probs(
+    logits: torch.Tensor,  # [num_rows, vocab]
+    temperature: torch.Tensor,  # [num_rows] float; rows with 0 (greedy) are left at temperature 1
+    top_k: torch.Tensor,  # [num_rows] int64; 0 = off
+    top_p: torch.Tensor,  # [num_rows] float; 1 = off
+) -> torch.Tensor:  # [num_rows, vocab] float32
+    assert logits.dim() == 2 and temperature.shape == top_k.shape == top_p.shape == logits.shape[:1]
+    temperature = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    scaled = logits.float() / temperature.float()[:, None]  # [num_rows, vocab]
+    needs_k, needs_p = bool((top_k > 0).any()), bool((top_p < 1).any())
+    if needs_k or needs_p:
+        scaled = _mask_top_k_top_p(scaled, top_k, top_p, needs_p)
+    return scaled.softmax(dim=-1)
+
+
+def _mask_top_k_top_p(
+    logits: torch.Tensor,  # [num_rows, vocab] float32
+    top_k: torch.Tensor,  # [num_rows]
+    top_p: torch.Tensor,  # [num_rows]
+    needs_p: bool,
+) -> torch.Tensor:
+    vocab = logits.shape[-1]
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)  # [num_rows, vocab]
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))  # [num_rows]
+    keep_min = sorted_logits.gather(1, (k - 1)[:, None])  # [num_rows, 1] smallest logit inside top-k
+    if needs_p:
+        # Probabilities after top-k, in sorted order; a token is kept while the mass before it < top_p.
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
+        sorted_probs = sorted_logits.softmax(dim=-1)  # [num_rows, vocab]
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        last_kept = ((mass_before < top_p.float()[:, None]).sum(dim=-1) - 1).clamp(min=0)  # [num_rows]
+        keep_min = torch.maximum(keep_min, sorted_logits.gather(1, last_kept[:, None]))
+    return logits.masked_fill(logits < keep_min, float("-inf"))

@@ -1,0 +1,78 @@
+"""Shared fixtures: the bundled pair, tiny random Llama-family checkpoints, and the HF reference."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from adaspec.engine.model_loader import BUNDLED_DRAFT, BUNDLED_TARGET
+
+torch.set_num_threads(2)
+
+HELD_OUT_SNIPPETS = [
+    "def fib(n):",
+    "import os\nimport sys\n\n\ndef main(argv):\n    parser = ",
+    "class Queue:\n    \"\"\"A first-in first-out queue.\"\"\"\n\n    def __init__(self, maxsize=0):\n        self.maxsize = maxsize\n",
+    "for i in range(10):\n    if i % 2:",
+    "    try:\n        result = func(*args, **kwargs)\n    except Exception as exc:\n        ",
+    "# Copyright 2001 Python Software Foundation\n\"\"\"Utilities for reading and writing configuration files.",
+    "x = {'a': 1, 'b': [1, 2, 3]}\nprint(",
+    "    def __repr__(self):\n        return '%s(%r)' % (self.__class__.__name__, ",
+]
+
+
+def write_random_checkpoint(path: Path, model_type: str, layers: int, hidden: int, heads: int, kv_heads: int,
+                            seed: int, vocab_size: int = 4096, init_range: float = 0.1) -> Path:
+    """A randomly initialised checkpoint of `model_type` that uses the bundled tokenizer."""
+    config = AutoConfig.for_model(
+        model_type, vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=512, initializer_range=init_range, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(BUNDLED_TARGET / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_pairs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(target, draft) random checkpoints per model family; GQA in the targets."""
+    root = tmp_path_factory.mktemp("random-models")
+    pairs = {}
+    for i, family in enumerate(("llama", "qwen2", "mistral")):
+        target = write_random_checkpoint(root / f"{family}-target", family, 3, 64, 4, 2, seed=10 + i)
+        draft = write_random_checkpoint(root / f"{family}-draft", family, 1, 32, 2, 1, seed=20 + i)
+        pairs[family] = (target, draft)
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def bundled_engine():
+    from adaspec import Engine
+
+    return Engine()
+
+
+@pytest.fixture(scope="session")
+def bundled_reference():
+    return AutoModelForCausalLM.from_pretrained(BUNDLED_TARGET, dtype=torch.float32).eval()
+
+
+def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers `generate` on the target alone, greedy (BOS is PAD here: pass the mask)."""
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+__all__ = ["BUNDLED_DRAFT", "BUNDLED_TARGET", "HELD_OUT_SNIPPETS", "hf_greedy", "write_random_checkpoint"]
