@@ -8,8 +8,65 @@ attention: query head h reads key-value head h // (num_heads // num_kv_heads).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class AttentionPlan:
+    """Gather indices of one ragged batch; the same for every layer of a forward, so built once."""
+
+    q_index: torch.Tensor  # [batch, max_query_len] packed row of each padded query
+    q_valid: torch.Tensor  # [batch, max_query_len] bool
+    slots: torch.Tensor  # [batch, max_seq_len] flat cache slot of each key position
+    mask: torch.Tensor | None  # [batch, 1, max_query_len, max_seq_len] bool; None when every key is visible
+
+
+def plan_attention(
+    block_tables: torch.Tensor,  # [batch, max_blocks_per_seq] int
+    cu_query_lens: torch.Tensor,  # [batch + 1] int
+    seq_lens: torch.Tensor,  # [batch] int
+    block_size: int,
+    max_query_len: int,
+    max_seq_len: int,
+) -> AttentionPlan:
+    batch = seq_lens.shape[0]
+    assert cu_query_lens.shape == (batch + 1,) and block_tables.shape[0] == batch
+    assert max_seq_len <= block_tables.shape[1] * block_size
+    device = seq_lens.device
+    num_tokens = int(cu_query_lens[-1])
+    query_lens = (cu_query_lens[1:] - cu_query_lens[:-1]).long()  # [batch]
+    q_offsets = torch.arange(max_query_len, device=device)  # [max_query_len]
+    q_valid = q_offsets[None, :] < query_lens[:, None]  # [batch, max_query_len]
+    q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1)
+    kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
+    slots = block_tables[:, kv_pos // block_size].long() * block_size + kv_pos % block_size  # [batch, max_seq_len]
+    if batch == 1 and max_query_len == 1:
+        return AttentionPlan(q_index, q_valid, slots, None)  # one decode token sees its whole sequence
+    q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
+    mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # [batch, max_query_len, max_seq_len]
+    mask |= ~q_valid[:, :, None] & (kv_pos == 0)  # padding rows see one key, so they stay finite
+    return AttentionPlan(q_index, q_valid, slots, mask[:, None])
+
+
+def attend(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    plan: AttentionPlan,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    num_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
+    assert key_cache.shape == value_cache.shape and num_heads % num_kv_heads == 0
+    q = query[plan.q_index].transpose(1, 2)  # [batch, num_heads, max_query_len, head_dim]
+    k = key_cache.flatten(0, 1)[plan.slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
+    v = value_cache.flatten(0, 1)[plan.slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=num_kv_heads != num_heads
+    )  # [batch, num_heads, max_query_len, head_dim]
+    return out.transpose(1, 2)[plan.q_valid]
 
 
 def paged_attention(
@@ -23,30 +80,6 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    num_tokens, num_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, _ = key_cache.shape
-    batch = seq_lens.shape[0]
-    assert key_cache.shape == value_cache.shape and key_cache.shape[-1] == head_dim
-    assert num_heads % num_kv_heads == 0 and cu_query_lens.shape == (batch + 1,)
-    assert block_tables.shape[0] == batch and max_seq_len <= block_tables.shape[1] * block_size
-    device = query.device
-
-    query_lens = (cu_query_lens[1:] - cu_query_lens[:-1]).long()  # [batch]
-    q_offsets = torch.arange(max_query_len, device=device)  # [max_query_len]
-    q_valid = q_offsets[None, :] < query_lens[:, None]  # [batch, max_query_len]
-    q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1)
-    q = query[q_index].transpose(1, 2)  # [batch, num_heads, max_query_len, head_dim]
-
-    kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
-    blocks = block_tables[:, kv_pos // block_size].long()  # [batch, max_seq_len]
-    slots = blocks * block_size + kv_pos % block_size  # [batch, max_seq_len]
-    k = key_cache.flatten(0, 1)[slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
-    v = value_cache.flatten(0, 1)[slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
-
-    q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
-    mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # [batch, max_query_len, max_seq_len]
-    mask |= ~q_valid[:, :, None] & (kv_pos == 0)  # padding rows see one key, so they stay finite
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask[:, None], scale=scale, enable_gqa=num_kv_heads != num_heads
-    )  # [batch, num_heads, max_query_len, head_dim]
-    return out.transpose(1, 2)[q_valid]
+    assert query.shape[0] == int(cu_query_lens[-1]) and key_cache.shape[-1] == query.shape[-1]
+    plan = plan_attention(block_tables, cu_query_lens, seq_lens, key_cache.shape[1], max_query_len, max_seq_len)
+    return attend(query, key_cache, value_cache, plan, scale)

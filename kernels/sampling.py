@@ -31,15 +31,20 @@ def _mask_top_k_top_p(
     needs_p: bool,
 ) -> torch.Tensor:
     vocab = logits.shape[-1]
-    sorted_logits, _ = logits.sort(dim=-1, descending=True)  # [num_rows, vocab]
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))  # [num_rows]
+    if not needs_p:  # top-k alone needs only the k largest, not a sort of the vocabulary
+        k_max = int(k[top_k > 0].max())
+        top = logits.topk(k_max, dim=-1).values  # [num_rows, k_max]
+        keep_min = top.gather(1, (k.clamp(max=k_max) - 1)[:, None])  # [num_rows, 1]
+        keep_min = keep_min.masked_fill(top_k[:, None] == 0, float("-inf"))
+        return logits.masked_fill(logits < keep_min, float("-inf"))
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)  # [num_rows, vocab]
     keep_min = sorted_logits.gather(1, (k - 1)[:, None])  # [num_rows, 1] smallest logit inside top-k
-    if needs_p:
-        # Probabilities after top-k, in sorted order; a token is kept while the mass before it < top_p.
-        ranks = torch.arange(vocab, device=logits.device)[None, :]
-        sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
-        sorted_probs = sorted_logits.softmax(dim=-1)  # [num_rows, vocab]
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        last_kept = ((mass_before < top_p.float()[:, None]).sum(dim=-1) - 1).clamp(min=0)  # [num_rows]
-        keep_min = torch.maximum(keep_min, sorted_logits.gather(1, last_kept[:, None]))
+    # Probabilities after top-k, in sorted order; a token is kept while the mass before it < top_p.
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
+    sorted_probs = sorted_logits.softmax(dim=-1)  # [num_rows, vocab]
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    last_kept = ((mass_before < top_p.float()[:, None]).sum(dim=-1) - 1).clamp(min=0)  # [num_rows]
+    keep_min = torch.maximum(keep_min, sorted_logits.gather(1, last_kept[:, None]))
     return logits.masked_fill(logits < keep_min, float("-inf"))

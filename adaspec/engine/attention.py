@@ -16,6 +16,7 @@ from transformers import AttentionInterface
 
 import kernels
 from adaspec.engine.kv_cache import PagedKVCache
+from kernels.paged_attention_ref import AttentionPlan, attend, plan_attention
 
 ATTENTION_NAME = "adaspec_paged"
 
@@ -29,6 +30,13 @@ class ForwardContext:
     seq_lens: torch.Tensor  # [batch] tokens in the cache after this forward
     max_query_len: int
     max_seq_len: int
+    plan: AttentionPlan | None = None  # the reference path's gather indices, built by the first layer
+
+    def reference_plan(self) -> AttentionPlan:
+        if self.plan is None:
+            self.plan = plan_attention(self.block_tables, self.cu_query_lens, self.seq_lens,
+                                       self.kv_cache.blocks.block_size, self.max_query_len, self.max_seq_len)
+        return self.plan
 
 
 _current: ForwardContext | None = None
@@ -53,10 +61,13 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     key_cache, value_cache = ctx.kv_cache.keys[layer], ctx.kv_cache.values[layer]
     key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, key[0].transpose(0, 1))
     value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, value[0].transpose(0, 1))
-    out = kernels.paged_attention(
-        query[0].transpose(0, 1), key_cache, value_cache, ctx.block_tables, ctx.cu_query_lens, ctx.seq_lens,
-        scaling if scaling is not None else query.shape[-1] ** -0.5, ctx.max_query_len, ctx.max_seq_len,
-    )  # [num_tokens, num_heads, head_dim]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    packed = query[0].transpose(0, 1)  # [num_tokens, num_heads, head_dim]
+    if kernels.uses_triton(packed):
+        out = kernels.paged_attention(packed, key_cache, value_cache, ctx.block_tables, ctx.cu_query_lens,
+                                      ctx.seq_lens, scale, ctx.max_query_len, ctx.max_seq_len)
+    else:
+        out = attend(packed, key_cache, value_cache, ctx.reference_plan(), scale)  # [num_tokens, num_heads, head_dim]
     return out.unsqueeze(0), None
 
 

@@ -84,6 +84,12 @@ class Drafter:
         logits = self._fit_vocab(logits)  # [rows, vocab]
         device = logits.device
         params = [s.params for s in seqs]
+        if all(p.greedy for p in params):  # verification ignores q for greedy rows: skip sampling work
+            confidence, tokens = logits.softmax(dim=-1).max(dim=-1)  # [rows], [rows]
+            ids = tokens[:, None].expand(-1, self.sparse_k)  # [rows, K]
+            one_hot = torch.zeros(ids.shape, device=device)
+            one_hot[:, 0] = 1.0
+            return tokens.tolist(), ids, one_hot, confidence.tolist()
         greedy = torch.tensor([p.greedy for p in params], device=device)
         q_full = processed_probs(
             logits,
