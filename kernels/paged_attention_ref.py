@@ -43,8 +43,8 @@ def plan_attention(
     q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1)
     kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
     slots = block_tables[:, kv_pos // block_size].long() * block_size + kv_pos % block_size  # [batch, max_seq_len]
-    if batch == 1 and max_query_len == 1:
-        return AttentionPlan(q_index, q_valid, slots, None)  # one decode token sees its whole sequence
+    if batch == 1 and max_query_len == 1 and max_seq_len == int(seq_lens[0]):
+        return AttentionPlan(q_index, q_valid, slots, None)  # one decode token sees every gathered key
     q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
     mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # [batch, max_query_len, max_seq_len]
     mask |= ~q_valid[:, :, None] & (kv_pos == 0)  # padding rows see one key, so they stay finite

@@ -67,7 +67,8 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
         out = kernels.paged_attention(packed, key_cache, value_cache, ctx.block_tables, ctx.cu_query_lens,
                                       ctx.seq_lens, scale, ctx.max_query_len, ctx.max_seq_len)
     else:
-        out = attend(packed, key_cache, value_cache, ctx.reference_plan(), scale)  # [num_tokens, num_heads, head_dim]
+        out = attend(packed, key_cache, value_cache, ctx.reference_plan(), scale)
+    # out: [num_tokens, num_heads, head_dim]
     return out.unsqueeze(0), None
 
 

@@ -87,9 +87,7 @@ class Drafter:
         if all(p.greedy for p in params):  # verification ignores q for greedy rows: skip sampling work
             confidence, tokens = logits.softmax(dim=-1).max(dim=-1)  # [rows], [rows]
             ids = tokens[:, None].expand(-1, self.sparse_k)  # [rows, K]
-            one_hot = torch.zeros(ids.shape, device=device)
-            one_hot[:, 0] = 1.0
-            return tokens.tolist(), ids, one_hot, confidence.tolist()
+            return tokens.tolist(), ids, _first_entry_one_hot(ids.shape, device), confidence.tolist()
         greedy = torch.tensor([p.greedy for p in params], device=device)
         q_full = processed_probs(
             logits,
@@ -102,9 +100,7 @@ class Drafter:
         u = uniform(torch.tensor(seeds, device=device), torch.full((len(seqs),), position, device=device))
         choice = (q_sparse.cumsum(dim=-1) < u[:, None]).sum(dim=-1).clamp(max=self.sparse_k - 1)  # [rows]
         choice = torch.where(greedy, torch.zeros_like(choice), choice)
-        one_hot = torch.zeros_like(q_sparse)
-        one_hot[:, 0] = 1.0
-        q_sparse = torch.where(greedy[:, None], one_hot, q_sparse)
+        q_sparse = torch.where(greedy[:, None], _first_entry_one_hot(q_sparse.shape, device), q_sparse)
         tokens = top_ids.gather(1, choice[:, None])[:, 0]
         confidence = top_probs.gather(1, choice[:, None])[:, 0]
         return tokens.tolist(), top_ids, q_sparse, confidence.tolist()
@@ -115,3 +111,10 @@ class Drafter:
         if extra <= 0:
             return logits[:, : self.vocab_size]
         return torch.nn.functional.pad(logits, (0, extra), value=float("-inf"))
+
+
+def _first_entry_one_hot(shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Sparse q of a greedy row: all mass on its first (argmax) entry. [rows, K]"""
+    one_hot = torch.zeros(shape, device=device)
+    one_hot[:, 0] = 1.0
+    return one_hot
