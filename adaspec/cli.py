@@ -1,67 +1,149 @@
-"""The `adaspec` command line."""
+"""The `adaspec` command line: run the stack (`up`), one service (`serve`), a client (`generate`), the demo."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
-DEMO_PROMPTS = [
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "import os\nimport sys\n\n\ndef main(argv=None):\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
-    "    try:\n        with open(path) as f:\n            data = f.read()\n    except OSError:\n",
-    "def parse_args(args):\n    parser = argparse.ArgumentParser(description=__doc__)\n",
-    "for key, value in sorted(mapping.items()):\n",
-    "    def __repr__(self):\n        return '%s(%r)' % (",
-    "if __name__ == '__main__':\n",
-]
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaspec", description="Load- and SLO-adaptive speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate text for one prompt with the in-process engine")
+    up = sub.add_parser("up", help="start verify, draft and coordinator processes on loopback; Ctrl-C stops them")
+    add_stack_args(up)
+    up.add_argument("--port", type=int, default=50051, help="coordinator port")
+
+    serve = sub.add_parser("serve", help="run one service (what a container runs)")
+    services = serve.add_subparsers(dest="service", required=True)
+    from services.coordinator.main import add_args as coordinator_args
+
+    coordinator_args(services.add_parser("coordinator", help="the public API"))
+    from services.draft.main import add_args as draft_args
+    from services.verify.main import add_args as verify_args
+
+    verify_args(services.add_parser("verify", help="a verify replica (target model)"))
+    draft_args(services.add_parser("draft", help="a draft replica (draft model)"))
+
+    gen = sub.add_parser("generate", help="generate text for one prompt through a running coordinator")
     gen.add_argument("prompt")
-    add_engine_args(gen)
+    gen.add_argument("--address", default=DEFAULT_ADDRESS)
+    gen.add_argument("--offline", action="store_true", help="no service: run the in-process engine")
+    gen.add_argument("--target", help="with --offline: target checkpoint directory")
+    gen.add_argument("--draft", help="with --offline: draft checkpoint directory")
+    gen.add_argument("--policy", help="none | fixed:K (default: the coordinator's)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--ttft-ms", type=float)
+    gen.add_argument("--tpot-ms", type=float)
+    gen.add_argument("--timeout", type=float, help="deadline in seconds")
 
-    demo = sub.add_parser("demo", help="run the bundled pair with and without speculation and print a summary")
-    add_engine_args(demo)
-    demo.add_argument("--max-tokens", type=int, default=96)
+    demo = sub.add_parser("demo", help="start the stack on the bundled models and replay the Azure code trace")
+    add_stack_args(demo)
+    from adaspec.demo import add_demo_args
+
+    add_demo_args(demo)
 
     args = parser.parse_args(argv)
     try:
-        return {"generate": cmd_generate, "demo": cmd_demo}[args.command](args)
+        return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"adaspec: error: {error}", file=sys.stderr)
         return 2
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
+def add_stack_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify-replicas", type=int, default=1)
+    parser.add_argument("--draft-replicas", type=int, default=1)
+    parser.add_argument("--redis", help="'spawn' (start a local redis-server) or a Redis URL; default: in-process store")
     parser.add_argument("--target", help="target checkpoint directory (default: the bundled tiny-target)")
     parser.add_argument("--draft", help="draft checkpoint directory (default: the bundled tiny-draft)")
-    parser.add_argument("--policy", default="fixed:4", help="none | fixed:K")
+    parser.add_argument("--policy", default="fixed:4", help="default policy: none | fixed:K")
+    parser.add_argument("--threads", type=int, help="torch threads per model process (default: cores / processes)")
+    parser.add_argument("--log-dir", help="service logs (default: a temporary directory)")
 
 
-def make_engine(args):
-    from adaspec import Engine
+def stack_config(args, port: int = 0):
+    from adaspec.stack import StackConfig
 
-    return Engine(args.target, args.draft)
+    return StackConfig(verify_replicas=args.verify_replicas, draft_replicas=args.draft_replicas, redis=args.redis,
+                       target=args.target, draft=args.draft, policy=args.policy, coordinator_port=port,
+                       threads=args.threads, log_dir=args.log_dir)
+
+
+def cmd_up(args) -> int:
+    from adaspec.stack import Stack
+
+    stack = Stack(stack_config(args, args.port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like Ctrl-C: leave the `with` and stop in order
+    print("starting ...", file=sys.stderr)
+    with stack:
+        for name, process in stack.processes.items():
+            print(f"{name:<12} {process.address:<22} log: {process.log_path}")
+        if stack.redis_url:
+            print(f"{'load store':<12} {stack.redis_url}")
+        print(f"\nready: adaspec generate 'def main():' --address {stack.address}   (Ctrl-C stops the stack)")
+        try:
+            while all(p.popen.poll() is None for p in stack.processes.values()):
+                time.sleep(0.5)
+            dead = [n for n, p in stack.processes.items() if p.popen.poll() is not None]
+            print(f"adaspec: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\nstopping ...", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if args.service == "coordinator":
+        from services.coordinator.main import main as run
+    elif args.service == "verify":
+        from services.verify.main import main as run
+    else:
+        from services.draft.main import main as run
+    run(args)
+    return 0
 
 
 def cmd_generate(args) -> int:
-    from adaspec import SamplingParams
+    if args.offline:
+        return _generate_offline(args)
+    from adaspec.client import Client
+    from adaspec.errors import AdaSpecError
+
+    try:
+        with Client(args.address) as client:
+            print(args.prompt, end="", flush=True)
+            for chunk in client.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop or None,
+                                       policy=args.policy,
+                                       ttft_ms=args.ttft_ms, tpot_ms=args.tpot_ms, timeout=args.timeout):
+                print(chunk.text, end="", flush=True)
+                if chunk.stats is not None:
+                    s = chunk.stats
+                    print(f"\n\n[{s.output_tokens} tokens, finish: {chunk.finish_reason}, TTFT {s.ttft_ms:.0f} ms, "
+                          f"TPOT {s.tpot_ms or 0:.1f} ms, acceptance {s.acceptance_rate:.2f}, mean k {s.mean_k:.2f}, "
+                          f"verify {s.verify_replica}]", file=sys.stderr)
+    except AdaSpecError as error:
+        print(f"\nadaspec: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _generate_offline(args) -> int:
+    from adaspec import Engine, SamplingParams
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed)
-    engine = make_engine(args)
-    out = engine.generate([args.prompt], params, policy=args.policy)[0]
+                            top_p=args.top_p, seed=args.seed, stop=args.stop)
+    out = Engine(args.target, args.draft).generate([args.prompt], params, policy=args.policy or "fixed:4")[0]
     print(args.prompt + out.text)
     stats = out.stats
     print(f"\n[{len(out.token_ids)} tokens, finish: {out.finish_reason}, steps: {stats['steps']}, "
@@ -70,27 +152,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from adaspec import SamplingParams
+    from adaspec.demo import run_demo
 
-    engine = make_engine(args)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    engine.generate(DEMO_PROMPTS[:2], SamplingParams(max_tokens=8), policy=args.policy)  # warm-up
-    print(f"{'policy':<10} {'batch':>5} {'tokens/s':>9} {'acceptance':>11} {'mean k':>7} {'speed-up':>9}")
-    for batch in (1, len(DEMO_PROMPTS)):
-        baseline = None
-        for policy in ("none", args.policy):
-            prompts = DEMO_PROMPTS[:batch]
-            start = time.perf_counter()
-            outs = engine.generate(prompts, params, policy=policy, use_tqdm=False)
-            rate = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start)
-            baseline = baseline or rate
-            drafted = sum(o.stats["draft_tokens"] for o in outs)
-            acceptance = sum(o.stats["accepted_tokens"] for o in outs) / drafted if drafted else 0.0
-            mean_k = sum(o.stats["mean_k"] for o in outs) / len(outs)
-            print(f"{policy:<10} {batch:>5} {rate:>9.1f} {acceptance:>11.2f} {mean_k:>7.2f} {rate / baseline:>8.2f}x")
-    print("\n" + DEMO_PROMPTS[0] + engine.generate(DEMO_PROMPTS[:1], params, policy=args.policy)[0].text)
-    return 0
+    return run_demo(args, stack_config(args))
 
+
+COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

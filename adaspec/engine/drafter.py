@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
-from adaspec.engine.policy import DraftBudget
+from adaspec.policy import DraftBudget
 from adaspec.engine.sequence import Sequence
 from kernels.rng import splitmix64, uniform
 from kernels.sampling import processed_probs

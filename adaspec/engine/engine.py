@@ -32,7 +32,7 @@ from adaspec.engine.model_loader import (
     load_model,
 )
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
-from adaspec.engine.policy import DraftBudget, Policy, make_policy
+from adaspec.policy import DraftBudget, Policy, make_policy
 from adaspec.engine.scheduler import Scheduler
 from adaspec.engine.sequence import Sequence, SequenceStatus
 from adaspec.outputs import RequestOutput
@@ -51,6 +51,8 @@ class Engine:
     `Engine()` loads the bundled pair; `Engine(target="dir", draft="dir")` any local HF checkpoints of
     the Llama family; without a draft only the `none` policy is available.
     """
+
+    external_drafts = False  # True where drafts arrive from outside (the verify service's engine)
 
     def __init__(
         self,
@@ -294,7 +296,7 @@ class Engine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         policy = make_policy(policy, self.max_spec_len)
-        if policy.uses_draft and self.drafter is None:
+        if policy.uses_draft and self.drafter is None and not self.external_drafts:
             raise ValueError(f"policy '{policy}' needs a draft model; this engine has none (use 'none')")
         if isinstance(prompt, str):
             if not prompt:

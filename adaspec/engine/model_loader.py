@@ -12,9 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from adaspec.engine.attention import ATTENTION_NAME
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-MODELS_DIR = Path(os.environ.get("ADASPEC_MODELS_DIR", Path(__file__).resolve().parents[2] / "models"))
-BUNDLED_TARGET = MODELS_DIR / "tiny-target"
-BUNDLED_DRAFT = MODELS_DIR / "tiny-draft"
+from adaspec.engine.paths import BUNDLED_DRAFT, BUNDLED_TARGET, MODELS_DIR  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""The draft side of the engine, for the draft service: batched drafting over many sessions.
+
+A session holds the request's committed tokens. Each step brings, per session, what the verify pool
+committed since the last step (how many of our drafts it accepted, then the tokens themselves) and a
+budget; the draft cache is rolled back to the accepted drafts, the committed tokens are fed, and k_i
+new tokens are drafted, all sessions in the same forwards (`Drafter.propose`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from adaspec.engine.drafter import Drafter
+from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
+from adaspec.engine.model_loader import BUNDLED_DRAFT, default_device, default_dtype, load_model
+from adaspec.engine.model_runner import ModelRunner
+from adaspec.engine.sequence import Sequence
+from adaspec.policy import DraftBudget, FixedLength
+from adaspec.sampling_params import SamplingParams
+
+DEFAULT_CPU_KV_BYTES = 128 * 2**20
+
+
+@dataclass
+class DraftWork:
+    seq_id: int
+    num_accepted: int  # of this session's previous drafts
+    token_ids: list[int]  # committed since the previous step: the accepted drafts, then the target's token
+    budget: DraftBudget
+
+
+@dataclass
+class DraftOutput:
+    token_ids: list[int]  # [k]
+    topk_ids: torch.Tensor  # [k, K] int64, support of the sparse q
+    topk_probs: torch.Tensor  # [k, K] sparse q
+    confidences: list[float]  # [k] q(token) before truncation
+
+
+class DraftEngine:
+    def __init__(
+        self,
+        draft: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        kv_cache_memory: int | None = None,
+        block_size: int = 16,
+        max_spec_len: int = 8,
+        max_model_len: int | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = load_model(draft or BUNDLED_DRAFT, self.device, dtype or default_dtype(self.device))
+        self.max_spec_len = max_spec_len
+        self.max_model_len = min(self.model.max_model_len, max_model_len or self.model.max_model_len)
+        budget = kv_cache_memory or DEFAULT_CPU_KV_BYTES
+        m = self.model
+        cache = PagedKVCache.from_budget(budget, m.num_layers, m.num_kv_heads, m.head_dim, block_size, m.dtype,
+                                         self.device)
+        self.blocks = cache.blocks
+        # Fit q to the tokenizer's vocabulary: the target may pad its embeddings differently, never its tokenizer.
+        self.drafter = Drafter(ModelRunner(m, cache), len(m.tokenizer))
+        self._sessions: dict[int, Sequence] = {}
+        self._ids = itertools.count()
+        self.last_step_tokens = 0
+
+    @property
+    def num_sessions(self) -> int:
+        return len(self._sessions)
+
+    def open(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> int:
+        """Admit a session for its whole life (prompt + max_tokens + drafts). Raises ValueError, KVCacheExhausted."""
+        if not prompt_ids:
+            raise ValueError("open.prompt_token_ids: empty")
+        vocab = len(self.model.tokenizer)
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"open.prompt_token_ids: token ids must be in [0, {vocab})")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(f"open.prompt_token_ids: {len(prompt_ids)} tokens; the draft's context is "
+                             f"{self.max_model_len}")
+        seq = Sequence(next(self._ids), prompt_ids, params, seed, FixedLength(self.max_spec_len))
+        worst_case = min(len(prompt_ids) + params.max_tokens, self.max_model_len) + self.max_spec_len
+        if not self.blocks.can_reserve(worst_case):
+            raise KVCacheExhausted(f"draft KV cache: {self.blocks.blocks_for(worst_case)} blocks needed, "
+                                   f"{self.blocks.num_available_blocks} available")
+        self.blocks.reserve(seq.seq_id, worst_case)
+        self._sessions[seq.seq_id] = seq
+        return seq.seq_id
+
+    def close(self, seq_id: int) -> None:
+        if self._sessions.pop(seq_id, None) is not None:
+            self.blocks.free(seq_id)
+
+    def step(self, work: list[DraftWork]) -> dict[int, DraftOutput]:
+        """Commit every session's new tokens and draft its k_i tokens, all sessions batched (`check`ed work)."""
+        seqs = [self._commit(w) for w in work]
+        budgets = [self._cap(seq, w.budget) for seq, w in zip(seqs, work)]
+        self.last_step_tokens = sum(len(s.token_ids) - self.blocks.num_tokens(s.seq_id) + b.max_tokens
+                                    for s, b in zip(seqs, budgets))
+        drafts = self.drafter.propose(seqs, budgets)
+        counts = [0, *itertools.accumulate(len(t) for t in drafts.tokens)]
+        return {
+            seq.seq_id: DraftOutput(
+                drafts.tokens[i],
+                drafts.topk_ids[counts[i] : counts[i + 1]].cpu(),
+                drafts.topk_probs[counts[i] : counts[i + 1]].float().cpu(),
+                drafts.confidences[i],
+            )
+            for i, seq in enumerate(seqs)
+        }
+
+    def check(self, work: DraftWork) -> None:
+        """Raise ValueError for a step that does not fit its session (checked before it joins a batch)."""
+        seq = self._sessions.get(work.seq_id)
+        if seq is None:
+            raise ValueError(f"step: no open draft session {work.seq_id}")
+        if not 0 <= work.num_accepted <= self.max_spec_len:
+            raise ValueError(f"step.num_accepted: {work.num_accepted} is not in [0, {self.max_spec_len}]")
+        vocab = len(self.model.tokenizer)
+        if any(not 0 <= t < vocab for t in work.token_ids):
+            raise ValueError(f"step.token_ids: token ids must be in [0, {vocab})")
+        if len(seq.token_ids) + len(work.token_ids) >= self.max_model_len:
+            raise ValueError(f"step.token_ids: the session would pass the draft's context of {self.max_model_len}")
+        if work.budget.max_tokens < 0:
+            raise ValueError(f"step.max_draft_tokens: must be >= 0, got {work.budget.max_tokens}")
+
+    def _commit(self, work: DraftWork) -> Sequence:
+        seq = self._sessions[work.seq_id]
+        # Rejected drafts leave the cache; the accepted ones stay and are not fed again.
+        valid = len(seq.token_ids) + work.num_accepted
+        self.blocks.resize(seq.seq_id, min(self.blocks.num_tokens(seq.seq_id), valid))
+        seq.token_ids += work.token_ids
+        return seq
+
+    def _cap(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
+        room = self.max_model_len - len(seq.token_ids) - 1
+        return DraftBudget(max(0, min(budget.max_tokens, self.max_spec_len, room)), budget.min_confidence)
+
+    def kv_usage(self) -> tuple[int, int]:
+        return self.blocks.num_free_blocks, self.blocks.num_blocks
+

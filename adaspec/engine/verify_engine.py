@@ -1,0 +1,121 @@
+"""The target side of the engine, for the verify service: drafts arrive from a draft service.
+
+Sessions are opened with a prompt (prefill: the first step samples the first token from p) and then
+bring one `Proposal` per step. Every step packs the prompt chunks and the [last token, drafts] rows of
+every session that has a proposal waiting into one target forward and one batched rejection-sampling
+launch, exactly as the in-process `Engine` does; sessions still waiting for their drafts sit the step out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adaspec.engine.drafter import Drafts
+from adaspec.engine.engine import Engine, Prompt
+from adaspec.engine.model_loader import BUNDLED_TARGET
+from adaspec.engine.sequence import Sequence, SequenceStatus
+from adaspec.policy import DraftBudget, Policy
+from adaspec.sampling_params import SamplingParams
+
+
+class ExternalDrafts(Policy):
+    """Drafts come from a draft service; only the KV reservation for them matters here."""
+
+    name = "external"
+
+    def budgets(self, seqs: list) -> list[DraftBudget]:
+        raise NotImplementedError("the coordinator's policy chooses k; the verify engine only verifies")
+
+
+@dataclass
+class Proposal:
+    token_ids: list[int]  # [k] draft tokens
+    topk_ids: torch.Tensor  # [k, K] int64, the support of the draft's sparse q
+    topk_probs: torch.Tensor  # [k, K] float32, sparse q (rows sum to 1)
+
+
+@dataclass
+class StepResult:
+    seq_id: int
+    token_ids: list[int]  # committed this step: accepted drafts then the target's token (or the first token)
+    num_accepted: int
+    finish_reason: str | None  # None while running
+
+
+class VerifyEngine(Engine):
+    external_drafts = True
+
+    def __init__(self, target: str | None = None, **engine_args):
+        super().__init__(target or BUNDLED_TARGET, None, **engine_args)
+        self._proposals: dict[int, Proposal] = {}
+        self._external = ExternalDrafts()
+        self.last_step_tokens = 0  # tokens in the last step's forward; 0: the step had nothing to do
+
+    def open(self, prompt: Prompt, params: SamplingParams) -> Sequence:
+        """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted."""
+        seq = self._new_sequence(prompt, params, self._external)
+        self._check_fits(seq)
+        self._sequences[seq.seq_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def max_draft_tokens(self, seq_id: int) -> int:
+        """The most drafts the session's next step may bring: max_spec_len, capped by the tokens left."""
+        seq = self._sequences[seq_id]
+        return self._budget(seq, DraftBudget(self.max_spec_len)).max_tokens
+
+    def submit(self, seq_id: int, proposal: Proposal) -> None:
+        """Queue one step's drafts for a decoding session. Raises ValueError on a malformed proposal."""
+        seq = self._sequences[seq_id]
+        if seq.status is not SequenceStatus.DECODING or seq_id in self._proposals:
+            raise ValueError(f"session {seq_id} is not waiting for drafts (status {seq.status.value})")
+        k, room = len(proposal.token_ids), self.max_draft_tokens(seq_id)
+        if k > room:
+            raise ValueError(f"step.token_ids: {k} draft tokens, at most {room} allowed now")
+        if proposal.topk_ids.shape != proposal.topk_probs.shape or proposal.topk_ids.shape[0] != k:
+            raise ValueError(f"step.topk_ids/topk_probs: shapes {tuple(proposal.topk_ids.shape)} and "
+                             f"{tuple(proposal.topk_probs.shape)}, expected [{k}, sparse_k]")
+        vocab = self.target.vocab_size
+        if any(not 0 <= t < vocab for t in proposal.token_ids) or ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any():
+            raise ValueError(f"step.token_ids: draft token ids must be in [0, {vocab})")
+        self._proposals[seq_id] = proposal
+
+    def close(self, seq_id: int) -> None:
+        """End a session, finished or not; its KV blocks go back to the pool."""
+        self._proposals.pop(seq_id, None)
+        self.abort(seq_id)
+        self._sequences.pop(seq_id, None)
+
+    def has_ready_work(self) -> bool:
+        return bool(self._proposals) or any(s.status is not SequenceStatus.DECODING for s in self.scheduler.running) \
+            or bool(self.scheduler.waiting)
+
+    def step(self) -> list[StepResult]:
+        """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved."""
+        ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]
+        proposals = [self._proposals.pop(s.seq_id) for s in ready]
+        spent = sum(len(p.token_ids) + 1 for p in proposals)
+        prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
+        self.last_step_tokens = spent + sum(n for _, n in prefills)
+        drafts = self._stack(proposals)
+        before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
+        logits, verifying = self._score(ready, drafts, prefills)
+        draft_tokens = drafts.tokens + [[]] * (len(verifying) - len(ready))
+        num_accepted, emitted = self._verify(verifying, draft_tokens, drafts, logits)
+        self._commit(verifying, drafts, num_accepted, emitted)
+        return [
+            StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason)
+            for i, s in enumerate(verifying)
+        ]
+
+    def _stack(self, proposals: list[Proposal]) -> Drafts:
+        """One Drafts for the batch; sparse rows padded to the widest K with zero mass (ignored by the sampler)."""
+        width = max([p.topk_ids.shape[1] for p in proposals if p.token_ids] or [1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        rows = [p for p in proposals if p.token_ids]
+        ids = torch.cat([pad(p.topk_ids) for p in rows]) if rows else torch.zeros(0, width, dtype=torch.long)
+        probs = torch.cat([pad(p.topk_probs) for p in rows]) if rows else torch.zeros(0, width)
+        return Drafts([p.token_ids for p in proposals], ids.to(self.device), probs.to(self.device),
+                      [[] for _ in proposals])

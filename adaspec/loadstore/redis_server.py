@@ -1,0 +1,130 @@
+"""A throwaway local `redis-server` for `adaspec up --redis spawn` and for tests.
+
+Tests and the one-command stack need a *real* Redis (the Lua scripts, TTLs and races are the point),
+but must not touch a shared server or leave files behind: this starts one on a free loopback port with
+persistence off, in a temporary directory, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["RedisServer", "RedisServerError"]
+
+
+class RedisServerError(RuntimeError):
+    """The local redis-server could not be started (missing binary, crash, no PING answer)."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pings(port: int) -> bool:
+    """True when a server on `port` answers PING (raw RESP, so this module needs no redis client)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """`with RedisServer() as server: server.url` -> "redis://127.0.0.1:<port>/0".
+
+    Synchronous (start-up takes tens of milliseconds); from async code use `async with`, which runs
+    start and stop in a worker thread so the event loop is not blocked.
+    """
+
+    def __init__(self, binary: str = "redis-server", startup_timeout_s: float = 10.0) -> None:
+        self.binary = binary
+        self.startup_timeout_s = startup_timeout_s
+        self.port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("RedisServer is not running")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _log(self) -> str:
+        assert self._tmp is not None
+        path = Path(self._tmp.name) / "redis.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def start(self) -> RedisServer:
+        """Start and wait for PING; retries on another port if the chosen one was taken meanwhile."""
+        if self._proc is not None:
+            return self
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise RedisServerError(
+                f"{self.binary!r} not found on PATH; install Redis (e.g. `apt-get install redis-server`) "
+                "or pass --redis URL to use an existing server")
+        self._tmp = tempfile.TemporaryDirectory(prefix="adaspec-redis-")
+        last_log, why = "", ""
+        for _ in range(3):
+            port = _free_port()
+            log = open(Path(self._tmp.name) / "redis.log", "wb")
+            self._proc = subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", self._tmp.name, "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            log.close()
+            deadline = time.monotonic() + self.startup_timeout_s
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if _pings(port):
+                    self.port = port
+                    return self
+                time.sleep(0.02)
+            last_log, code = self._log(), self._proc.poll()
+            self._kill()
+            if code is None:   # alive but silent: retrying on another port will not help
+                why = f"did not answer PING within {self.startup_timeout_s:g}s"
+                break
+            why = f"exited with code {code} before answering PING"   # maybe the port was taken: retry
+        self.stop()
+        raise RedisServerError(f"{exe} {why}; its output:\n{last_log}")
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after 5 s) and delete its directory."""
+        self._kill()
+        self.port = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> RedisServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)

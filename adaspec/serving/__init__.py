@@ -1,0 +1,1 @@
+"""What every AdaSpec gRPC service shares: the engine loop, server setup, conversions, logs."""

@@ -1,0 +1,118 @@
+"""Continuous batching for a service: one worker thread runs engine steps; sessions talk to it from asyncio.
+
+Sessions never touch the engine while a step runs. They queue operations (open, submit, close); the
+loop applies every queued operation between two steps on the event loop thread, then runs one step over
+everything that is ready in a worker thread, and hands each session its result. So each step takes all
+the work that arrived while the previous one ran: no session waits for another to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EngineStopped(RuntimeError):
+    """The loop stopped (shutdown or a failed step) before this session's result was ready."""
+
+
+class EngineLoop:
+    def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str):
+        self._step, self._has_work, self.name = step, has_work, name
+        self._ops: list[tuple[Callable[[], Any], asyncio.Future | None]] = []
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._ready: dict[int, tuple[Any, float]] = {}  # results that arrived before their session asked
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.step_latency_ms = 0.0  # EWMA of engine step time
+        self.steps = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}-engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(EngineStopped(f"{self.name} engine stopped"))
+
+    async def call(self, op: Callable[[], Any]) -> Any:
+        """Apply `op` (it may touch the engine) before the next step and return its value."""
+        done = asyncio.get_running_loop().create_future()
+        self._ops.append((op, done))
+        self._wake.set()
+        return await done
+
+    async def result(self, key: int) -> tuple[Any, float]:
+        """The next step result for `key` (a session id) and that step's duration in ms."""
+        if key in self._ready:
+            return self._ready.pop(key)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[key] = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiters.pop(key, None)
+
+    def post(self, op: Callable[[], Any]) -> None:
+        """Apply `op` before the next step, without waiting (closing a session from a finally block)."""
+        self._ops.append((op, None))
+        self._wake.set()
+
+    def forget(self, key: int) -> None:
+        """Drop anything held for a closed session."""
+        self._ready.pop(key, None)
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._apply_ops()
+            if not self._has_work():
+                continue
+            start = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(self._step)
+            except Exception as error:  # a failed step fails the sessions in it, not the service
+                log.exception("%s engine step failed", self.name)
+                self._fail_all(error)
+                self._wake.set()
+                continue
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            self.step_latency_ms = elapsed_ms if not self.steps else 0.8 * self.step_latency_ms + 0.2 * elapsed_ms
+            self.steps += 1
+            for key, result in results.items():
+                waiter = self._waiters.pop(key, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result((result, elapsed_ms))
+                else:
+                    self._ready[key] = (result, elapsed_ms)
+            self._wake.set()  # more may be ready already; an idle engine just goes back to waiting
+
+    def _apply_ops(self) -> None:
+        ops, self._ops = self._ops, []
+        for op, done in ops:
+            try:
+                value = op()
+            except Exception as error:
+                if done is None:
+                    log.exception("%s: posted operation failed", self.name)
+                elif not done.done():
+                    done.set_exception(error)
+                continue
+            if done is not None and not done.done():
+                done.set_result(value)
+
+    def _fail_all(self, error: BaseException) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)

@@ -1,0 +1,70 @@
+"""Running a model replica (verify or draft) as a process: arguments, start, heartbeat, drain, stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+
+from adaspec.loadstore import open_load_store, redact
+from adaspec.serving.heartbeat import Heartbeat
+from adaspec.serving.logs import configure_logging
+from adaspec.serving.server import ServiceHost
+
+log = logging.getLogger(__name__)
+
+
+def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port, help="0: any free port")
+    parser.add_argument("--replica-id", default=f"{kind}-{os.getpid()}")
+    parser.add_argument("--redis", help="publish heartbeats to this Redis URL (without it the coordinator polls)")
+    parser.add_argument("--heartbeat-s", type=float, default=0.5, help="heartbeat interval")
+    parser.add_argument("--ttl-s", type=float, default=3.0, help="heartbeat TTL: gone this long after the last one")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--kv-cache-mb", type=int, help="KV cache budget in MiB")
+    parser.add_argument("--max-spec-len", type=int, default=8)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="drain time on SIGTERM")
+    parser.add_argument("--log-level", default="info")
+
+
+def run_replica(args, kind: str, service_name: str, build, add_to_server) -> None:
+    configure_logging(f"{kind}:{args.replica_id}", args.log_level)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    asyncio.run(_serve(args, kind, service_name, build, add_to_server))
+
+
+async def _serve(args, kind: str, service_name: str, build, add_to_server) -> None:
+    host = ServiceHost(kind, [service_name], args.host, args.port, grace_s=args.grace_s)
+    service = build(args, host.address)
+    add_to_server(service, host.server)
+    store = open_load_store(args.redis) if args.redis else None
+    heartbeat = Heartbeat(store, service.snapshot, args.heartbeat_s, args.ttl_s)
+    service.loop.start()
+    await host.start()
+    heartbeat.start()
+    log.info("ready", extra={"replica_id": args.replica_id, "address": host.address,
+                             "load_store": redact(args.redis) if args.redis else "polled by the coordinator"})
+
+    async def drain() -> None:
+        await heartbeat.stop()  # coordinators stop routing here at once, not after the TTL
+        deadline = time.monotonic() + args.grace_s
+        while _open_sessions(service) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    try:
+        await host.run_until_signal(drain)
+    finally:
+        await service.loop.stop()
+        if store is not None:
+            await store.close()
+
+
+def _open_sessions(service) -> int:
+    return service.snapshot().sessions

@@ -1,0 +1,100 @@
+"""One gRPC server as every AdaSpec service runs it: health, reflection, limits, graceful shutdown.
+
+Settings chosen on purpose:
+- Message size: 16 MiB each way. Per-step messages are a few KiB (token ids and a K <= 32 sparse q);
+  the limit only bounds a long text prompt, far below what would hurt the process.
+- Keepalive: a ping every 20 s on idle connections, dropped after 10 s without an answer, so a dead peer
+  (a killed replica, a lost coordinator) is noticed and its sessions are closed instead of hanging.
+- Shutdown (SIGTERM or SIGINT): health goes NOT_SERVING first (load balancers and coordinators stop
+  sending new work), the service drains (`on_drain`), then in-flight RPCs get `grace_s` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+MAX_MESSAGE_BYTES = 16 * 2**20
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    *KEEPALIVE_OPTIONS,
+]
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *KEEPALIVE_OPTIONS,
+]
+
+log = logging.getLogger(__name__)
+
+
+class ServiceHost:
+    """Hosts servicers on one port with standard health checking and server reflection."""
+
+    def __init__(self, name: str, service_names: list[str], host: str = "127.0.0.1", port: int = 0,
+                 grace_s: float = 10.0):
+        self.name, self.service_names = name, service_names
+        self.grace_s = grace_s
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                                            self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"{name}: cannot listen on {host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ["", *self.service_names]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": self.address})
+
+    async def stop(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        """NOT_SERVING, drain, then stop with a grace period for the RPCs still running."""
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"address": self.address})
+        if on_drain is not None:
+            await on_drain()
+        await self.server.stop(self.grace_s)
+        log.info("stopped", extra={"address": self.address})
+
+    async def run_until_signal(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        await self.stop(on_drain)
+
+
+async def wait_until_serving(address: str, timeout_s: float = 60.0, service: str = "") -> None:
+    """Poll the standard health service until `address` answers SERVING (what `adaspec up` waits for)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{address} did not report SERVING within {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)

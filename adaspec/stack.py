@@ -1,0 +1,182 @@
+"""The whole stack on one machine, as separate processes: verify replica(s), draft replica(s), a coordinator.
+
+What `adaspec up` and `adaspec demo` run, and what the service tests and benchmarks start. Every
+process is a real `adaspec serve ...` on a loopback port; `start()` returns once each one reports
+SERVING through standard gRPC health checking; `stop()` sends SIGTERM (graceful drain) and
+escalates to SIGKILL only if a process does not exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaspec.loadstore import RedisServer
+from adaspec.serving.server import wait_until_serving
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class StackConfig:
+    verify_replicas: int = 1
+    draft_replicas: int = 1
+    redis: str | None = None  # None: in-process store in the coordinator; "spawn": start a redis-server; or a URL
+    target: str | None = None
+    draft: str | None = None
+    policy: str = "fixed:4"
+    host: str = "127.0.0.1"
+    coordinator_port: int = 0  # 0: any free port
+    verify_args: list[str] = field(default_factory=list)  # extra `adaspec serve verify` arguments
+    draft_args: list[str] = field(default_factory=list)
+    coordinator_args: list[str] = field(default_factory=list)
+    threads: int | None = None  # torch threads per model process (default: cores / model processes)
+    log_dir: str | None = None
+    ready_timeout_s: float = 120.0
+
+
+@dataclass
+class Process:
+    name: str
+    address: str
+    popen: subprocess.Popen
+    log_path: Path
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None):
+        self.config = config or StackConfig()
+        self.processes: dict[str, Process] = {}
+        self.killed: set[str] = set()
+        self.redis: RedisServer | None = None
+        self.redis_url: str | None = None
+        self.log_dir = Path(self.config.log_dir or tempfile.mkdtemp(prefix="adaspec-stack-"))
+
+    @property
+    def address(self) -> str:
+        return self.processes["coordinator"].address
+
+    def start(self) -> Stack:
+        c = self.config
+        try:
+            self.redis_url = c.redis
+            if c.redis == "spawn":
+                self.redis = RedisServer().start()
+                self.redis_url = self.redis.url
+            store = ["--redis", self.redis_url] if self.redis_url else []
+            models = c.verify_replicas + c.draft_replicas
+            threads = c.threads or max(1, (os.cpu_count() or 1) // max(models, 1))
+            common = ["--host", c.host, "--threads", str(threads), *store]
+            for i in range(c.verify_replicas):
+                self._spawn(f"verify-{i}", ["verify", *common, *(["--target", c.target] if c.target else []),
+                                            *c.verify_args])
+            for i in range(c.draft_replicas):
+                self._spawn(f"draft-{i}", ["draft", *common, *(["--draft", c.draft] if c.draft else []),
+                                           *c.draft_args])
+            verify = ",".join(p.address for n, p in self.processes.items() if n.startswith("verify"))
+            draft = ",".join(p.address for n, p in self.processes.items() if n.startswith("draft"))
+            self._spawn("coordinator", ["coordinator", "--host", c.host, *store, "--verify", verify, "--draft", draft,
+                                        "--policy", c.policy, *c.coordinator_args], port=c.coordinator_port)
+            asyncio.run(self._wait_ready())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, args: list[str], port: int = 0) -> None:
+        port = port or free_port(self.config.host)
+        address = f"{self.config.host}:{port}"
+        log_path = self.log_dir / f"{name}.log"
+        command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port)]
+        if name != "coordinator":
+            command += ["--replica-id", name]
+        with open(log_path, "ab") as log:
+            # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
+            popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        self.processes[name] = Process(name, address, popen, log_path)
+
+    async def _wait_ready(self) -> None:
+        async def ready(process: Process) -> None:
+            waiting = asyncio.ensure_future(wait_until_serving(process.address, self.config.ready_timeout_s))
+            while not waiting.done():
+                if process.popen.poll() is not None:
+                    waiting.cancel()
+                    raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} while starting; "
+                                       f"its log:\n{tail(process.log_path)}")
+                await asyncio.sleep(0.1)
+            await waiting
+
+        await asyncio.gather(*(ready(p) for p in self.processes.values()))
+        # Let the coordinator see every replica through the load store before the first request.
+        from adaspec.client import AsyncClient
+
+        async with AsyncClient(self.address) as client:
+            expected = self.config.verify_replicas + self.config.draft_replicas
+            deadline = time.monotonic() + 10
+            while len(await client.cluster_state()) < expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a crash, for fault tests)."""
+        process = self.processes[name]
+        self.killed.add(name)
+        process.popen.kill()
+        process.popen.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the coordinator first (it drains requests), then the replicas; SIGKILL what does not exit."""
+        order = sorted(self.processes.values(), key=lambda p: p.name != "coordinator")
+        for process in order:
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in order:
+            try:
+                process.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def exit_codes(self) -> dict[str, int | None]:
+        """Exit codes of the processes that were not killed (0 after a graceful `stop`)."""
+        return {n: p.popen.returncode for n, p in self.processes.items() if n not in self.killed}
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the service if the process that started it dies (no orphans after a crash)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

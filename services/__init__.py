@@ -1,0 +1,1 @@
+"""AdaSpec services: draft, verify and coordinator (each also runs as `adaspec serve NAME`)."""

@@ -1,0 +1,1 @@
+"""The coordinator: the public API; routes each request and drives its draft -> verify steps."""

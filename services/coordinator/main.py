@@ -1,0 +1,60 @@
+"""`adaspec serve coordinator`: the public API process (stateless; run as many as needed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from adaspec.loadstore import InProcessLoadStore, open_load_store, redact
+from adaspec.serving.logs import configure_logging
+from adaspec.serving.server import ServiceHost
+from adaspec.v1 import coordinator_pb2_grpc
+from services.coordinator.load_poller import LoadPoller
+from services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0: any free port")
+    parser.add_argument("--redis", help="Redis URL of the shared load store (default: in-process, polling replicas)")
+    parser.add_argument("--verify", default="", help="verify replica addresses, comma-separated (polled without Redis)")
+    parser.add_argument("--draft", default="", help="draft replica addresses, comma-separated (polled without Redis)")
+    parser.add_argument("--policy", default="fixed:4", help="default policy: none | fixed:K")
+    parser.add_argument("--max-spec-len", type=int, default=8)
+    parser.add_argument("--poll-s", type=float, default=0.5)
+    parser.add_argument("--ttl-s", type=float, default=3.0)
+    parser.add_argument("--grace-s", type=float, default=10.0, help="drain time on SIGTERM")
+    parser.add_argument("--log-level", default="info")
+
+
+def main(args) -> None:
+    configure_logging("coordinator", args.log_level)
+    asyncio.run(_serve(args))
+
+
+async def _serve(args) -> None:
+    split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
+    store = open_load_store(args.redis)
+    if args.redis:
+        await store.ping()
+    channels = Channels()
+    poller = None
+    if isinstance(store, InProcessLoadStore):
+        poller = LoadPoller(store, channels, split(args.verify), split(args.draft), args.poll_s, args.ttl_s)
+        await poller.start()
+    service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, args.policy,
+                                 args.max_spec_len)
+    host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
+    await host.start()
+    log.info("ready", extra={"address": host.address, "load_store": service.store_name})
+    try:
+        await host.run_until_signal(lambda: service.drain(args.grace_s))
+    finally:
+        if poller is not None:
+            await poller.stop()
+        await channels.close()
+        await store.close()

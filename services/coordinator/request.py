@@ -1,0 +1,248 @@
+"""One request's life in the coordinator, step by step:
+
+    open     lease a verify replica, open its session: prefill, the first token (another replica if it fails)
+    propose  the draft session commits what was accepted and drafts k tokens (the policy's budget)
+    verify   the verify session checks them: accepted drafts, then the target's own token
+    stream   yield the committed tokens and text to the client
+    close    half-close both sessions (cancel them on error), release both leases
+
+The draft is an accelerator, never a dependency: if its replica is full, fails or falls behind the
+context, the request goes on at k = 0 (still exact: every token comes from the verify pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from adaspec.errors import rich_status
+from adaspec.loadstore import ReplicaLoad
+from adaspec.policy import Policy
+from adaspec.sampling_params import SamplingParams
+from adaspec.serving.convert import params_to_proto
+from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, draft_pb2_grpc, verify_pb2, verify_pb2_grpc
+from services.coordinator.router import NoCapacity, NoReplica, Router
+
+log = logging.getLogger(__name__)
+PASS_THROUGH = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+
+
+class RequestFailed(Exception):
+    def __init__(self, status: grpc.Status):
+        super().__init__(status.details)
+        self.status = status
+
+
+@dataclass
+class RequestSpec:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams  # seed resolved: draft and verify sessions share it
+    policy: Policy
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    traceparent: str = ""
+    deadline: float | None = None  # time.monotonic() by which the request must end
+
+
+@dataclass
+class Counters:
+    start: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    output_tokens: int = 0
+    steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+class Session:
+    """One open bidirectional session stream and the lease it holds."""
+
+    def __init__(self, call, replica: ReplicaLoad, lease_id: str, router: Router):
+        self.call, self.replica, self.lease_id, self.router = call, replica, lease_id, router
+
+    async def exchange(self, message):
+        await self.call.write(message)
+        reply = await self.call.read()
+        if reply is grpc.aio.EOF:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details=f"{self.replica.replica_id} ended the session")
+        return reply
+
+    async def close(self, ok: bool) -> None:
+        if ok:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await self.call.done_writing()
+        self.call.cancel()  # no-op once the server has ended the call
+        await self.router.release(self.replica, self.lease_id)
+
+
+class RequestRun:
+    def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int):
+        self.spec, self.router, self.channels, self.max_spec_len = spec, router, channels, max_spec_len
+        self.counters = Counters()
+        self.verify: Session | None = None
+        self.draft: Session | None = None
+
+    async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
+        ok = False
+        try:
+            reply = await self.open_verify()
+            yield self.stream(reply)
+            if self.spec.policy.uses_draft and not reply.finish_reason:
+                await self.open_draft(list(reply.prompt_token_ids))
+            while not reply.finish_reason:
+                drafts = await self.propose(reply)
+                reply = await self.verify_step(drafts)
+                yield self.stream(reply)
+            ok = True
+        finally:
+            for session in (self.draft, self.verify):
+                if session is not None:
+                    await session.close(ok)
+
+    # ---- steps ----------------------------------------------------------------------------------
+
+    async def open_verify(self) -> verify_pb2.VerifyResponse:
+        """Prefill on the least-loaded verify replica; before any token exists, a failed replica is retried."""
+        spec, tried = self.spec, set()
+        open_message = verify_pb2.VerifyRequest(
+            open=verify_pb2.VerifyOpen(request_id=spec.request_id, params=params_to_proto(spec.params),
+                                       seed=spec.params.seed),
+            traceparent=spec.traceparent,
+        )
+        if isinstance(spec.prompt, str):
+            open_message.open.prompt = spec.prompt
+        else:
+            open_message.open.prompt_token_ids[:] = spec.prompt
+        while True:
+            self.verify = await self._open("verify", verify_pb2_grpc.VerifyStub, tried)
+            try:
+                return await self.verify.exchange(open_message)
+            except grpc.aio.AioRpcError as error:
+                await self.verify.close(ok=False)
+                failed, self.verify = self.verify.replica, None
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise RequestFailed(downstream_status(error, failed)) from error
+                if error.code() is grpc.StatusCode.UNAVAILABLE:
+                    self.router.mark_failed(failed)
+                tried.add(failed.replica_id)
+                log.warning("verify open failed; trying another replica",
+                            extra={"request_id": spec.request_id, "replica": failed.replica_id,
+                                   "code": error.code().name})
+
+    async def open_draft(self, prompt_token_ids: list[int]) -> None:
+        spec = self.spec
+        try:
+            self.draft = await self._open("draft", draft_pb2_grpc.DraftStub, set())
+            await self.draft.call.write(draft_pb2.DraftRequest(
+                open=draft_pb2.DraftOpen(request_id=spec.request_id, prompt_token_ids=prompt_token_ids,
+                                         params=params_to_proto(spec.params), seed=spec.params.seed),
+                traceparent=spec.traceparent,
+            ))
+        except (RequestFailed, grpc.aio.AioRpcError) as error:
+            await self._drop_draft(error)
+
+    async def propose(self, reply: verify_pb2.VerifyResponse) -> common_pb2.DraftTokens:
+        """The draft commits the verify pool's tokens and drafts up to the policy's k (capped by the room left)."""
+        if self.draft is None:
+            return common_pb2.DraftTokens()
+        budget = self.spec.policy.budgets([self])[0]
+        step = draft_pb2.DraftStep(num_accepted=reply.num_accepted, token_ids=reply.token_ids,
+                                   max_draft_tokens=min(budget.max_tokens, reply.max_draft_tokens, self.max_spec_len),
+                                   min_confidence=budget.min_confidence)
+        try:
+            return (await self.draft.exchange(draft_pb2.DraftRequest(step=step,
+                                                                     traceparent=self.spec.traceparent))).drafts
+        except grpc.aio.AioRpcError as error:
+            await self._drop_draft(error)
+            return common_pb2.DraftTokens()
+
+    async def verify_step(self, drafts: common_pb2.DraftTokens) -> verify_pb2.VerifyResponse:
+        try:
+            reply = await self.verify.exchange(verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent))
+        except grpc.aio.AioRpcError as error:
+            replica = self.verify.replica
+            if error.code() not in PASS_THROUGH and error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.router.mark_failed(replica)
+            raise RequestFailed(downstream_status(error, replica, self.counters.output_tokens)) from error
+        c = self.counters
+        c.steps += 1
+        c.draft_tokens += len(drafts.token_ids)
+        c.accepted_tokens += reply.num_accepted
+        return reply
+
+    def stream(self, reply: verify_pb2.VerifyResponse) -> coordinator_pb2.GenerateResponse:
+        c = self.counters
+        if c.first_token is None:
+            c.first_token = time.perf_counter()
+        c.output_tokens += len(reply.token_ids)
+        message = coordinator_pb2.GenerateResponse(token_ids=reply.token_ids, text=reply.text)
+        if reply.finish_reason:
+            message.finish_reason = reply.finish_reason
+            message.stats.CopyFrom(self.stats(len(reply.prompt_token_ids) or None))
+        return message
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    async def _open(self, kind: str, stub_class, exclude: set[str]) -> Session:
+        try:
+            replica = await self.router.acquire(kind, self.spec.request_id, exclude)
+        except NoReplica as error:
+            raise RequestFailed(rich_status(grpc.StatusCode.UNAVAILABLE, str(error), retry_after_s=1.0)) from error
+        except NoCapacity as error:
+            raise RequestFailed(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
+                                            retry_after_s=0.5)) from error
+        timeout = None if self.spec.deadline is None else max(0.0, self.spec.deadline - time.monotonic())
+        call = stub_class(self.channels.get(replica.address)).Session(timeout=timeout)
+        return Session(call, replica, self.spec.request_id, self.router)
+
+    async def _drop_draft(self, error: Exception) -> None:
+        code = error.code() if isinstance(error, grpc.aio.AioRpcError) else error.status.code
+        log.warning("continuing without speculation", extra={
+            "request_id": self.spec.request_id, "reason": str(error.details() if hasattr(error, "details") else error),
+            "code": getattr(code, "name", str(code))})
+        if self.draft is not None:
+            if code is grpc.StatusCode.UNAVAILABLE:
+                self.router.mark_failed(self.draft.replica)
+            await self.draft.close(ok=False)
+        self.draft = None
+
+    def stats(self, prompt_tokens: int | None) -> coordinator_pb2.RequestStats:
+        c, spec = self.counters, self.spec
+        ttft_ms = (c.first_token - c.start) * 1e3
+        tpot_ms = (time.perf_counter() - c.first_token) * 1e3 / (c.output_tokens - 1) if c.output_tokens > 1 else 0.0
+        slo_met = (spec.slo_ttft_ms is None or ttft_ms <= spec.slo_ttft_ms) and (
+            spec.slo_tpot_ms is None or c.output_tokens < 2 or tpot_ms <= spec.slo_tpot_ms)
+        return coordinator_pb2.RequestStats(
+            request_id=spec.request_id, prompt_tokens=prompt_tokens or 0, output_tokens=c.output_tokens,
+            ttft_ms=ttft_ms, tpot_ms=tpot_ms, steps=c.steps, draft_tokens=c.draft_tokens,
+            accepted_tokens=c.accepted_tokens,
+            acceptance_rate=c.accepted_tokens / c.draft_tokens if c.draft_tokens else 0.0,
+            mean_k=c.draft_tokens / c.steps if c.steps else 0.0, policy=str(spec.policy),
+            verify_replica=self.verify.replica.replica_id if self.verify else "",
+            draft_replica=self.draft.replica.replica_id if self.draft else "", slo_met=slo_met,
+        )
+
+
+def downstream_status(error: grpc.aio.AioRpcError, replica: ReplicaLoad, tokens_sent: int = 0) -> grpc.Status:
+    """The status to end the request with, for a failed verify call: a rejection passes through with its
+    details; a replica that failed becomes UNAVAILABLE naming it and how far the request got."""
+    code = error.code()
+    if code in PASS_THROUGH or code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        for key, value in error.trailing_metadata() or ():
+            if key == rpc_status.GRPC_DETAILS_METADATA_KEY:
+                return rpc_status.to_status(status_pb2.Status.FromString(value))
+        return rich_status(code, error.details() or code.name)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return rich_status(code, f"deadline exceeded after {tokens_sent} tokens")
+    return rich_status(grpc.StatusCode.UNAVAILABLE,
+                       f"verify replica {replica.replica_id} ({replica.address}) failed after {tokens_sent} tokens: "
+                       f"{code.name}: {error.details()}")

@@ -1,0 +1,115 @@
+"""The coordinator's public API: validate a request, route it, drive it (`RequestRun`), stream it.
+
+Stateless apart from its connections: any number of coordinators can share one Redis load store.
+Its client's deadline is honoured end to end: the remaining time bounds both session streams, and
+when the call ends for any reason (finish, cancel, deadline) both sessions are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import grpc
+
+from adaspec.errors import abort, invalid_argument_from
+from adaspec.loadstore import LoadStore
+from adaspec.policy import make_policy
+from adaspec.sampling_params import MAX_SEED
+from adaspec.serving.convert import params_from_proto
+from adaspec.serving.heartbeat import load_to_proto
+from adaspec.serving.server import CHANNEL_OPTIONS
+from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
+from services.coordinator.router import Router
+
+SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+MAX_PROMPT_CHARS = 4 * 2**20
+
+
+class Channels:
+    """One long-lived channel per downstream address (HTTP/2 multiplexes every session over it)."""
+
+    def __init__(self):
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return self._channels[address]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels.values()))
+        self._channels.clear()
+
+
+class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, store: LoadStore, store_name: str, channels: Channels, default_policy: str = "fixed:4",
+                 max_spec_len: int = 8):
+        make_policy(default_policy, max_spec_len)  # fail at start-up, not on the first request
+        self.store, self.store_name, self.channels = store, store_name, channels
+        self.router = Router(store)
+        self.default_policy, self.max_spec_len = default_policy, max_spec_len
+        self.in_flight = 0
+        self._seeds = random.Random()
+
+    async def Generate(self, request: coordinator_pb2.GenerateRequest, context):
+        spec = await self._validate(request, context)
+        self.in_flight += 1
+        try:
+            async for response in RequestRun(spec, self.router, self.channels, self.max_spec_len).run():
+                yield response
+        except RequestFailed as failure:
+            await context.abort_with_status(failure.status)
+        finally:
+            self.in_flight -= 1
+
+    async def _validate(self, request: coordinator_pb2.GenerateRequest, context) -> RequestSpec:
+        if bool(request.prompt) == bool(request.prompt_token_ids):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "give exactly one of prompt and prompt_token_ids" if request.prompt else "prompt is empty",
+                        field="prompt")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"prompt has {len(request.prompt)} characters; at most {MAX_PROMPT_CHARS}", field="prompt")
+        if any(t < 0 for t in request.prompt_token_ids):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "token ids must be >= 0", field="prompt_token_ids")
+        try:
+            params = params_from_proto(request.params)
+        except ValueError as error:
+            await context.abort_with_status(invalid_argument_from(error, "params"))
+        if params.seed is None:  # resolved here, so the draft and verify sessions draw from the same stream
+            params.seed = self._seeds.randrange(MAX_SEED)
+        try:
+            policy = make_policy(request.policy or self.default_policy, self.max_spec_len)
+        except ValueError as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), field="policy")
+        slo = request.slo
+        for name in ("ttft_ms", "tpot_ms"):
+            if slo.HasField(name) and not getattr(slo, name) > 0:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"must be > 0, got {getattr(slo, name)}",
+                            field=f"slo.{name}")
+        remaining = context.time_remaining()
+        return RequestSpec(
+            request_id=request.request_id or uuid.uuid4().hex[:16],
+            prompt=request.prompt or list(request.prompt_token_ids),
+            params=params,
+            policy=policy,
+            slo_ttft_ms=slo.ttft_ms if slo.HasField("ttft_ms") else None,
+            slo_tpot_ms=slo.tpot_ms if slo.HasField("tpot_ms") else None,
+            traceparent=request.traceparent,
+            deadline=None if remaining is None else time.monotonic() + remaining,
+        )
+
+    async def GetClusterState(self, request, context) -> coordinator_pb2.ClusterState:
+        replicas = await self.store.replicas()
+        return coordinator_pb2.ClusterState(replicas=[load_to_proto(r) for r in replicas],
+                                            load_store=self.store_name, default_policy=self.default_policy)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for in-flight requests to finish; health is already NOT_SERVING."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)

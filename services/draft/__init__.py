@@ -1,0 +1,1 @@
+"""The draft service: hosts the draft model; batched drafting sessions with per-request k."""

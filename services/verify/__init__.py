@@ -1,0 +1,1 @@
+"""The verify service: hosts the target model; prefill and batched verification sessions."""

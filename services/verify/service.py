@@ -1,0 +1,144 @@
+"""Verify service: the target model behind one bidirectional stream per request.
+
+A session opens with the prompt (the reply carries the first token, sampled from p after prefill),
+then brings one set of drafts per step (the reply carries the accepted drafts and the target's token).
+All sessions of all coordinators share one continuous batch (`EngineLoop` over `VerifyEngine`).
+Whatever ends the stream (finish, half-close, cancel, deadline, a coordinator that vanished) closes
+the session and returns its KV blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import torch
+
+from adaspec.engine.kv_cache import KVCacheExhausted
+from adaspec.engine.verify_engine import Proposal, StepResult, VerifyEngine
+from adaspec.errors import abort, invalid_argument_from, rich_status
+from adaspec.loadstore import ReplicaLoad
+from adaspec.serving.convert import params_from_proto
+from adaspec.serving.detokenizer import StreamingDetokenizer
+from adaspec.serving.engine_loop import EngineLoop, EngineStopped
+from adaspec.serving.heartbeat import Ewma, load_to_proto
+from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = verify_pb2.DESCRIPTOR.services_by_name["Verify"].full_name
+
+
+class VerifyService(verify_pb2_grpc.VerifyServicer):
+    def __init__(self, engine: VerifyEngine, replica_id: str, pool: str, address: str, max_waiting: int = 64):
+        self.engine = engine
+        self.replica_id, self.pool, self.address = replica_id, pool, address
+        self.max_sessions = engine.scheduler.max_num_seqs + max_waiting
+        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify")
+        self.sessions = 0
+        self.acceptance, self.tokens_per_step = Ewma(), Ewma()
+
+    def _step(self) -> dict[int, StepResult]:
+        return {r.seq_id: r for r in self.engine.step()}
+
+    async def Session(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "open":
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a verify session starts with an open message",
+                        field="open")
+        if self.sessions >= self.max_sessions:
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"verify replica {self.replica_id} is full ({self.sessions} sessions)", retry_after_s=0.5)
+        seq_id = None
+        self.sessions += 1
+        try:
+            seq = await self._open(first.open, context)
+            seq_id = seq.seq_id
+            text = StreamingDetokenizer(self.engine.tokenizer, seq.params.stop)
+            reply = await self._next_reply(seq, text, time.perf_counter())
+            reply.prompt_token_ids[:] = seq.token_ids[: seq.num_prompt_tokens]
+            yield reply
+            async for request in request_iterator:
+                if seq.finished:
+                    await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the session has finished")
+                if request.WhichOneof("kind") != "step":
+                    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a step message", field="step")
+                sent = time.perf_counter()
+                try:
+                    proposal = proposal_from_proto(request.step)
+                    await self.loop.call(lambda: self.engine.submit(seq.seq_id, proposal))
+                except ValueError as error:
+                    await context.abort_with_status(invalid_argument_from(error, "step"))
+                yield await self._next_reply(seq, text, sent)
+        except EngineStopped as error:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        finally:
+            self.sessions -= 1
+            if seq_id is not None:
+                self.loop.forget(seq_id)
+                self.loop.post(lambda: self.engine.close(seq_id))
+
+    async def _open(self, msg: verify_pb2.VerifyOpen, context):
+        if bool(msg.prompt) == bool(msg.prompt_token_ids):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of prompt and prompt_token_ids",
+                        field="prompt")
+        try:
+            params = params_from_proto(msg.params, seed=msg.seed)
+            if params.max_tokens >= self.engine.max_model_len:
+                raise ValueError(f"SamplingParams.max_tokens must be below the context of "
+                                 f"{self.engine.max_model_len} tokens, got {params.max_tokens}")
+            prompt = msg.prompt or list(msg.prompt_token_ids)
+            return await self.loop.call(lambda: self.engine.open(prompt, params))
+        except ValueError as error:
+            await context.abort_with_status(invalid_argument_from(error, "prompt"))
+        except KVCacheExhausted as error:
+            await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
+                                                        field="params.max_tokens"))
+
+    async def _next_reply(self, seq, text: StreamingDetokenizer, sent: float) -> verify_pb2.VerifyResponse:
+        result, step_ms = await self.loop.result(seq.seq_id)
+        if seq.stats.steps:
+            drafted = seq.stats.draft_tokens
+            self.acceptance.add(seq.stats.accepted_tokens / drafted if drafted else 0.0)
+            self.tokens_per_step.add(len(result.token_ids))
+        finished = result.finish_reason is not None
+        return verify_pb2.VerifyResponse(
+            token_ids=result.token_ids,
+            num_accepted=result.num_accepted,
+            text=text.add(result.token_ids, finished, seq.stop_text_index),
+            finish_reason=result.finish_reason or "",
+            max_draft_tokens=0 if finished else self.engine.max_draft_tokens(seq.seq_id),
+            queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
+            step_ms=step_ms,
+        )
+
+    async def GetLoad(self, request, context) -> common_pb2.ReplicaLoad:
+        return load_to_proto(self.snapshot())
+
+    def snapshot(self) -> ReplicaLoad:
+        engine, blocks = self.engine, self.engine.target_runner.kv_cache.blocks
+        scheduler = engine.scheduler
+        pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
+                             if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
+        return ReplicaLoad(
+            replica_id=self.replica_id, kind="verify", pool=self.pool, address=self.address,
+            sessions=self.sessions, waiting=len(scheduler.waiting), queued_tokens=pending_prompt,
+            free_kv_blocks=blocks.num_free_blocks, total_kv_blocks=blocks.num_blocks,
+            max_sessions=self.max_sessions, step_latency_ms=self.loop.step_latency_ms,
+            acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value,
+        )
+
+
+def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
+    k, width = len(msg.token_ids), msg.sparse_k
+    if k and width < 1:
+        raise ValueError("step.sparse_k: must be >= 1 when there are draft tokens")
+    if len(msg.topk_ids) != k * width or len(msg.topk_probs) != k * width:
+        raise ValueError(f"step.topk_ids: expected {k} x {width} entries, got {len(msg.topk_ids)} ids and "
+                         f"{len(msg.topk_probs)} probabilities")
+    width = max(width, 1)
+    return Proposal(
+        token_ids=list(msg.token_ids),
+        topk_ids=torch.tensor(msg.topk_ids, dtype=torch.long).view(k, width),  # [k, K]
+        topk_probs=torch.tensor(msg.topk_probs, dtype=torch.float32).view(k, width),  # [k, K]
+    )

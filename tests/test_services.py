@@ -1,0 +1,223 @@
+"""The service stack over real gRPC: separate verify, draft and coordinator processes, a real redis-server.
+
+One stack (two verify replicas, one draft, Redis load store) serves most tests; the replica-kill test
+runs last on it. A second, small stack on the in-process store covers capacity, a missing verify pool
+and a draft that dies mid-request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adaspec import AsyncClient, Client, SamplingParams
+from adaspec.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from adaspec.loadstore import RedisLoadStore, RedisServer
+from adaspec.stack import Stack, StackConfig
+from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
+from tests.conftest import HELD_OUT_SNIPPETS
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+TTL_S = 2.0
+PROMPTS = [s + tail for tail in ("", "\n", "    ", "\n\n") for s in HELD_OUT_SNIPPETS][:32]
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(redis, tmp_path_factory):
+    replica = ["--ttl-s", str(TTL_S), "--heartbeat-s", "0.25"]
+    config = StackConfig(verify_replicas=2, draft_replicas=1, redis=redis.url, verify_args=replica,
+                         draft_args=replica, log_dir=str(tmp_path_factory.mktemp("stack-logs")))
+    with Stack(config) as running:
+        yield running
+    assert set(running.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected: {running.exit_codes()}"
+
+
+def replica_load(stack: Stack, name: str) -> common_pb2.ReplicaLoad:
+    """A replica's own statistics, read from it directly (not through the store's heartbeat lag)."""
+    stub_class = verify_pb2_grpc.VerifyStub if name.startswith("verify") else draft_pb2_grpc.DraftStub
+    with grpc.insecure_channel(stack.processes[name].address) as channel:
+        return stub_class(channel).GetLoad(common_pb2.GetLoadRequest(), timeout=5)
+
+
+def wait_for_baseline(stack: Stack, baseline: dict[str, int], timeout_s: float = 10.0) -> None:
+    """Every live replica back to no sessions and all of its KV blocks free."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        loads = {n: replica_load(stack, n) for n in baseline}
+        if all(load.sessions == 0 and load.free_kv_blocks == baseline[n] for n, load in loads.items()):
+            return
+        assert time.monotonic() < deadline, f"sessions or KV blocks not released: {loads}"
+        time.sleep(0.1)
+
+
+def live_replicas(stack: Stack) -> dict[str, int]:
+    return {n: replica_load(stack, n).total_kv_blocks for n, p in stack.processes.items()
+            if n != "coordinator" and p.popen.poll() is None}
+
+
+def test_every_service_reports_serving(stack):
+    for process in stack.processes.values():
+        with grpc.insecure_channel(process.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, process.name
+    with Client(stack.address) as client:
+        kinds = sorted(r.kind for r in client.cluster_state())
+    assert kinds == ["draft", "verify", "verify"]
+
+
+def test_32_concurrent_streams_match_the_offline_engine(stack, bundled_engine):
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    expected = bundled_engine.generate(PROMPTS, params, policy="fixed:4")
+
+    async def stream_all():
+        async with AsyncClient(stack.address, timeout=120) as client:
+            async def one(prompt):
+                chunks = [c async for c in client.stream(prompt, max_tokens=24, temperature=0, ignore_eos=True,
+                                                         policy="fixed:4")]
+                return chunks
+            return await asyncio.gather(*(one(p) for p in PROMPTS))
+
+    results = asyncio.run(stream_all())
+    for chunks, reference in zip(results, expected):
+        assert [t for c in chunks for t in c.token_ids] == reference.token_ids
+        assert "".join(c.text for c in chunks) == reference.text
+        stats = chunks[-1].stats
+        assert chunks[-1].finish_reason == "length" and stats.output_tokens == 24 and stats.draft_tokens > 0
+    assert {c[-1].stats.verify_replica for c in results} == {"verify-0", "verify-1"}, "both replicas take work"
+
+
+def test_sampled_output_with_a_seed_matches_the_offline_engine(stack, bundled_engine):
+    with Client(stack.address) as client:
+        for i, prompt in enumerate(HELD_OUT_SNIPPETS[:4]):
+            params = SamplingParams(max_tokens=16, temperature=1.0, top_k=20, seed=100 + i, ignore_eos=True)
+            expected = bundled_engine.generate([prompt], params, policy="fixed:3")[0]
+            got = client.generate(prompt, max_tokens=16, temperature=1.0, top_k=20, seed=100 + i, ignore_eos=True,
+                                  policy="fixed:3")
+            assert got.token_ids == expected.token_ids
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": [5] * 5000}, "prompt"),
+    ({"prompt": [10**6]}, "prompt"),
+    ({"max_tokens": 0}, "params.max_tokens"),
+    ({"max_tokens": 10**6}, "params.max_tokens"),
+    ({"temperature": -1.0}, "params.temperature"),
+    ({"top_p": 0.0}, "params.top_p"),
+    ({"policy": "turbo"}, "policy"),
+    ({"policy": "fixed:99"}, "policy"),
+    ({"ttft_ms": -5.0}, "slo.ttft_ms"),
+])
+def test_bad_requests_get_invalid_argument_naming_the_field(stack, kwargs, field):
+    kwargs = {"prompt": "def f():", **kwargs}
+    with Client(stack.address, max_retries=0) as client, pytest.raises(InvalidArgument) as caught:
+        client.generate(kwargs.pop("prompt"), **kwargs)
+    assert field in [f for f, _ in caught.value.field_violations], caught.value
+
+
+def test_cancelling_mid_stream_closes_both_sessions_and_frees_kv(stack):
+    baseline = live_replicas(stack)
+    with Client(stack.address) as client:
+        stream = client.stream("def main():", max_tokens=400, temperature=0, ignore_eos=True, policy="fixed:4")
+        for _, chunk in zip(range(3), stream):
+            assert chunk.token_ids
+        stream.close()  # cancels the call
+    wait_for_baseline(stack, baseline)
+
+
+def test_client_deadline_is_honoured_end_to_end(stack):
+    baseline = live_replicas(stack)
+    start = time.monotonic()
+    with Client(stack.address) as client, pytest.raises(DeadlineExceeded):
+        client.generate("class A:", max_tokens=2000, temperature=0, ignore_eos=True, timeout=0.5)
+    assert time.monotonic() - start < 3.0
+    wait_for_baseline(stack, baseline)
+
+
+def test_killed_verify_replica_fails_its_requests_cleanly_and_leaves_the_store(stack, redis):
+    with Client(stack.address, max_retries=0) as client:
+        stream = client.stream("import sys\n", max_tokens=2000, temperature=0, ignore_eos=True, policy="fixed:4")
+        next(stream)
+        victim = next(n for n in ("verify-0", "verify-1") if replica_load(stack, n).sessions == 1)
+        stack.kill(victim)
+        with pytest.raises(Unavailable, match=victim):
+            for _ in stream:
+                pass
+        after = client.generate("def f(x):", max_tokens=8, temperature=0)
+        assert after.finish_reason and after.stats.verify_replica != victim
+
+        async def verify_replicas():
+            async with RedisLoadStore(redis.url) as store:
+                return [r.replica_id for r in await store.replicas("verify")]
+
+        deadline = time.monotonic() + TTL_S + 3
+        while victim in asyncio.run(verify_replicas()):
+            assert time.monotonic() < deadline, f"{victim} still in the load store after its TTL"
+            time.sleep(0.2)
+        assert victim not in [r.replica_id for r in client.cluster_state()]
+
+
+# ---- a small stack on the in-process load store -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory):
+    config = StackConfig(verify_replicas=1, draft_replicas=1, verify_args=["--max-num-seqs", "1", "--max-waiting", "1"],
+                         coordinator_args=["--ttl-s", "1.5"], log_dir=str(tmp_path_factory.mktemp("small-logs")))
+    stack = Stack(config).start()
+    yield stack
+    stack.stop()
+    assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected: {stack.exit_codes()}"
+
+
+def test_full_capacity_gets_resource_exhausted(small_stack):
+    """One session running and one queued fill the replica (max_num_seqs 1 + max_waiting 1)."""
+
+    async def fill_then_overflow():
+        async with AsyncClient(small_stack.address, max_retries=0) as client:
+            async def hold():
+                async for _ in client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True):
+                    pass
+
+            holders = [asyncio.create_task(hold()) for _ in range(2)]
+            while replica_load(small_stack, "verify-0").sessions < 2:
+                await asyncio.sleep(0.05)
+            try:
+                with pytest.raises(ResourceExhausted) as caught:
+                    await client.generate("def g():", max_tokens=4)
+            finally:
+                for task in holders:
+                    task.cancel()
+                await asyncio.gather(*holders, return_exceptions=True)
+            return caught.value
+
+    error = asyncio.run(fill_then_overflow())
+    assert error.retry_delay is not None
+
+
+def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundled_engine):
+    prompt = HELD_OUT_SNIPPETS[2]
+    expected = bundled_engine.generate([prompt], SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))[0]
+    with Client(small_stack.address) as client:
+        stream = client.stream(prompt, max_tokens=200, temperature=0, ignore_eos=True, policy="fixed:4")
+        chunks = [next(stream)]
+        small_stack.kill("draft-0")
+        chunks += list(stream)
+    assert [t for c in chunks for t in c.token_ids] == expected.token_ids
+
+
+def test_no_verify_replica_gets_unavailable(small_stack):
+    small_stack.kill("verify-0")
+    with Client(small_stack.address, max_retries=0) as client, pytest.raises(Unavailable):
+        client.generate("def f():", max_tokens=4)
