@@ -17,7 +17,9 @@ Target logits rows are laid out request by request, k_i + 1 rows each: row j < k
 token j, row k_i the bonus position. Randomness comes from `kernels.rng.uniform(seed, counter)`:
 counter j for draft j's acceptance test, RACE_OFFSET + v for vocabulary entry v of the exponential
 race that samples the recovered or bonus token (argmax_v w(v) / E_v with E_v ~ Exp(1) samples
-from w / sum(w), so max(0, p - q) is never normalised).
+from w / sum(w), so max(0, p - q) is never normalised). When p ~ q, fp32 rounding can reject a draft
+and yet leave max(0, p - q) zero everywhere (no race score above 0); the recovered token is then
+drawn from p, with the same E_v, instead of defaulting to token 0.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def rejection_sample(
     if all_greedy:
         output[arange_b, num_accepted] = target_argmax[final_row]
         return num_accepted, output
-    weights = p[final_row]  # [batch, vocab]
+    weights = p[final_row]  # [batch, vocab] race weights: p (bonus) or max(0, p - q) (recovered)
     rejected = num_accepted < num_draft  # [batch]
     if bool(rejected.any()):
         rejected_draft = (first_draft + num_accepted)[rejected]  # [num_rejected]
@@ -98,7 +100,11 @@ def rejection_sample(
         weights[rejected] = (weights[rejected] - q_dense).clamp(min=0)
     vocab_ids = torch.arange(weights.shape[1], device=device) + RACE_OFFSET
     exponential = -torch.log(uniform(seeds[:, None], vocab_ids[None, :]))  # [batch, vocab]
-    sampled = (weights / exponential).argmax(dim=-1)  # [batch]
+    scores = weights / exponential  # [batch, vocab]
+    no_residual = scores.amax(dim=-1) <= 0  # [batch] rounding left nothing of max(0, p - q): race on p
+    if bool(no_residual.any()):
+        scores[no_residual] = p[final_row[no_residual]] / exponential[no_residual]
+    sampled = scores.argmax(dim=-1)  # [batch]
     final_token = torch.where(is_greedy, target_argmax[final_row], sampled)  # [batch]
     output[arange_b, num_accepted] = final_token
     return num_accepted, output
