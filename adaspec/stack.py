@@ -60,6 +60,7 @@ class Stack:
         self.redis: RedisServer | None = None
         self.redis_url: str | None = None
         self.log_dir = Path(self.config.log_dir or tempfile.mkdtemp(prefix="adaspec-stack-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def address(self) -> str:

@@ -4,6 +4,12 @@ Sessions never touch the engine while a step runs. They queue operations (open, 
 loop applies every queued operation between two steps on the event loop thread, then runs one step over
 everything that is ready in a worker thread, and hands each session its result. So each step takes all
 the work that arrived while the previous one ran: no session waits for another to finish.
+
+Gathering: a session's next message comes back one coordinator round trip (and, for verify, one draft
+step) after its reply. Stepping the moment the first one arrives splits the sessions into groups that
+then alternate, each step carrying a fraction of the batch for nearly the full cost of a step. So when
+some sessions are expected back (`expected()`), the loop waits for them, for at most one recent step
+time (`max_wait_ms` caps it): merging a group late by less than a step costs less than a step of its own.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ class EngineStopped(RuntimeError):
 
 
 class EngineLoop:
-    def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str):
+    def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str,
+                 expected: Callable[[], int] = lambda: 0, max_wait_ms: float = 10.0, gather_fraction: float = 0.5):
         self._step, self._has_work, self.name = step, has_work, name
+        self._expected, self.max_wait_ms, self.gather_fraction = expected, max_wait_ms, gather_fraction
         self._ops: list[tuple[Callable[[], Any], asyncio.Future | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
         self._ready: dict[int, tuple[Any, float]] = {}  # results that arrived before their session asked
@@ -72,12 +80,22 @@ class EngineLoop:
             waiter.cancel()
 
     async def _run(self) -> None:
+        ready_since = None
         while True:
             await self._wake.wait()
             self._wake.clear()
             self._apply_ops()
             if not self._has_work():
                 continue
+            ready_since = ready_since or time.perf_counter()
+            wait_s = min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3 - (time.perf_counter() - ready_since)
+            if wait_s > 0 and self._expected() > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                except TimeoutError:
+                    self._wake.set()
+                continue
+            gathered_since, ready_since = ready_since, None
             start = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self._step)
@@ -89,6 +107,8 @@ class EngineLoop:
             elapsed_ms = (time.perf_counter() - start) * 1e3
             self.step_latency_ms = elapsed_ms if not self.steps else 0.8 * self.step_latency_ms + 0.2 * elapsed_ms
             self.steps += 1
+            log.debug("step", extra={"engine": self.name, "sessions": len(results), "step_ms": round(elapsed_ms, 2),
+                                     "gathered_ms": round((start - gathered_since) * 1e3, 2)})
             for key, result in results.items():
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None and not waiter.done():

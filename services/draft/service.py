@@ -32,7 +32,8 @@ class DraftService(draft_pb2_grpc.DraftServicer):
         self.engine = engine
         self.replica_id, self.address, self.max_sessions = replica_id, address, max_sessions
         self._pending: dict[int, DraftWork] = {}
-        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft")
+        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft",
+                               expected=lambda: self.engine.num_sessions - len(self._pending))
 
     def _step(self) -> dict[int, DraftOutput]:
         work, self._pending = list(self._pending.values()), {}

@@ -34,7 +34,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         self.engine = engine
         self.replica_id, self.pool, self.address = replica_id, pool, address
         self.max_sessions = engine.scheduler.max_num_seqs + max_waiting
-        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify")
+        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify", expected=engine.num_awaiting_drafts)
         self.sessions = 0
         self.acceptance, self.tokens_per_step = Ewma(), Ewma()
 

@@ -1,0 +1,137 @@
+"""The service path (SDK -> coordinator -> draft + verify processes over gRPC) against the in-process engine.
+
+    python benchmarks/bench_services.py                  # concurrency 1 and 8, fixed:4 and none, greedy
+    python benchmarks/bench_services.py --rounds 3 --policies fixed:4
+
+Same bundled pair, same held-out prompts, same policy, greedy, 128 new tokens. The in-process engine
+runs each batch of `concurrency` prompts in one `generate` call (2 torch threads); the service path
+runs `concurrency` concurrent streams through `adaspec.AsyncClient` against `adaspec up`'s stack on
+loopback (one verify and one draft process, one torch thread each: the same two cores). Rounds
+alternate the two paths. Per-step overhead is a request's wall time per verification step over the
+service path minus the engine's time per step at the same concurrency. Prints a table, writes
+`benchmarks/results/services.{json,png}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from adaspec import AsyncClient, Engine, SamplingParams
+from adaspec.stack import Stack, StackConfig
+from bench_engine import held_out_prompts  # noqa: E402 (the script directory is on sys.path)
+
+OUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], policy: str, new_tokens: int) -> dict:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params, policy=policy)
+    seconds = time.perf_counter() - start
+    steps = max(o.stats["steps"] for o in outs) + 1  # the batch steps together; +1 for the prefill step
+    return {"seconds": seconds, "tokens": sum(len(o.token_ids) for o in outs), "ms_per_step": seconds * 1e3 / steps,
+            "token_ids": [o.token_ids for o in outs]}
+
+
+async def run_service(address: str, prompts: list[list[int]], policy: str, new_tokens: int) -> dict:
+    async with AsyncClient(address, timeout=600) as client:
+        async def one(prompt):
+            sent = time.perf_counter()
+            out = await client.generate(prompt, max_tokens=new_tokens, temperature=0, ignore_eos=True, policy=policy)
+            return out, time.perf_counter() - sent
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(p) for p in prompts))
+        seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "tokens": sum(len(out.token_ids) for out, _ in results),
+        "ms_per_step": statistics.mean(wall * 1e3 / (out.stats.steps + 1) for out, wall in results),
+        "token_ids": [out.token_ids for out, _ in results],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--policies", nargs="+", default=["fixed:4", "none"])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    engine = Engine()
+    prompts = held_out_prompts(engine.tokenizer, max(args.concurrency), args.prompt_tokens)
+    cases = [(c, p) for c in args.concurrency for p in args.policies]
+    samples = {(c, p, path): [] for c, p in cases for path in ("engine", "service")}
+    with Stack(StackConfig(threads=1)) as stack:
+        asyncio.run(run_service(stack.address, prompts[:2], "fixed:4", 8))  # warm-up
+        run_engine(engine, prompts[:2], "fixed:4", 8)
+        with tqdm(total=args.rounds * len(cases) * 2, desc="bench services", unit="run") as bar:
+            for _ in range(args.rounds):
+                for c, policy in cases:
+                    batch = prompts[:c]
+                    ours = asyncio.run(run_service(stack.address, batch, policy, args.new_tokens))
+                    bar.update()
+                    theirs = run_engine(engine, batch, policy, args.new_tokens)
+                    bar.update()
+                    assert ours.pop("token_ids") == theirs.pop("token_ids"), "service output differs from the engine"
+                    samples[(c, policy, "service")].append(ours)
+                    samples[(c, policy, "engine")].append(theirs)
+
+    rows = []
+    for c, policy in cases:
+        med = {path: {key: statistics.median(s[key] for s in samples[(c, policy, path)])
+                      for key in ("seconds", "tokens", "ms_per_step")} for path in ("engine", "service")}
+        engine_tps = med["engine"]["tokens"] / med["engine"]["seconds"]
+        service_tps = med["service"]["tokens"] / med["service"]["seconds"]
+        rows.append({
+            "concurrency": c, "policy": policy, "engine_tok_s": engine_tps, "service_tok_s": service_tps,
+            "ratio": service_tps / engine_tps, "engine_ms_per_step": med["engine"]["ms_per_step"],
+            "service_ms_per_step": med["service"]["ms_per_step"],
+            "overhead_ms_per_step": med["service"]["ms_per_step"] - med["engine"]["ms_per_step"],
+        })
+
+    header = f"{'conc':>4} {'policy':<8} {'engine tok/s':>12} {'service tok/s':>13} {'ratio':>6} " \
+             f"{'engine ms/step':>14} {'service ms/step':>15} {'overhead ms':>11}"
+    print(header)
+    for r in rows:
+        print(f"{r['concurrency']:>4} {r['policy']:<8} {r['engine_tok_s']:>12.1f} {r['service_tok_s']:>13.1f} "
+              f"{r['ratio']:>5.2f}x {r['engine_ms_per_step']:>14.2f} {r['service_ms_per_step']:>15.2f} "
+              f"{r['overhead_ms_per_step']:>11.2f}")
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "services.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    plot(rows, OUT_DIR / "services.png")
+    print(f"wrote {OUT_DIR / 'services.json'} and services.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['policy']}\nconc {r['concurrency']}" for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    ax.bar([i - 0.2 for i in x], [r["engine_tok_s"] for r in rows], 0.4, label="in-process engine")
+    ax.bar([i + 0.2 for i in x], [r["service_tok_s"] for r in rows], 0.4, label="service path (gRPC)")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['ratio']:.2f}x", (i + 0.2, r["service_tok_s"]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Service path vs in-process engine (bundled pair, greedy, CPU)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
