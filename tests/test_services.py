@@ -94,6 +94,7 @@ def test_32_concurrent_streams_match_the_offline_engine(stack, bundled_engine):
         assert "".join(c.text for c in chunks) == reference.text
         stats = chunks[-1].stats
         assert chunks[-1].finish_reason == "length" and stats.output_tokens == 24 and stats.draft_tokens > 0
+        assert stats.prompt_tokens == len(reference.prompt_token_ids)
     assert {c[-1].stats.verify_replica for c in results} == {"verify-0", "verify-1"}, "both replicas take work"
 
 

@@ -56,6 +56,7 @@ class RequestSpec:
 class Counters:
     start: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    prompt_tokens: int = 0
     output_tokens: int = 0
     steps: int = 0
     draft_tokens: int = 0
@@ -95,6 +96,7 @@ class RequestRun:
         ok = False
         try:
             reply = await self.open_verify()
+            self.counters.prompt_tokens = len(reply.prompt_token_ids)
             yield self.stream(reply)
             if self.spec.policy.uses_draft and not reply.finish_reason:
                 await self.open_draft(list(reply.prompt_token_ids))
@@ -187,7 +189,7 @@ class RequestRun:
         message = coordinator_pb2.GenerateResponse(token_ids=reply.token_ids, text=reply.text)
         if reply.finish_reason:
             message.finish_reason = reply.finish_reason
-            message.stats.CopyFrom(self.stats(len(reply.prompt_token_ids) or None))
+            message.stats.CopyFrom(self.stats())
         return message
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -215,14 +217,14 @@ class RequestRun:
             await self.draft.close(ok=False)
         self.draft = None
 
-    def stats(self, prompt_tokens: int | None) -> coordinator_pb2.RequestStats:
+    def stats(self) -> coordinator_pb2.RequestStats:
         c, spec = self.counters, self.spec
         ttft_ms = (c.first_token - c.start) * 1e3
         tpot_ms = (time.perf_counter() - c.first_token) * 1e3 / (c.output_tokens - 1) if c.output_tokens > 1 else 0.0
         slo_met = (spec.slo_ttft_ms is None or ttft_ms <= spec.slo_ttft_ms) and (
             spec.slo_tpot_ms is None or c.output_tokens < 2 or tpot_ms <= spec.slo_tpot_ms)
         return coordinator_pb2.RequestStats(
-            request_id=spec.request_id, prompt_tokens=prompt_tokens or 0, output_tokens=c.output_tokens,
+            request_id=spec.request_id, prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens,
             ttft_ms=ttft_ms, tpot_ms=tpot_ms, steps=c.steps, draft_tokens=c.draft_tokens,
             accepted_tokens=c.accepted_tokens,
             acceptance_rate=c.accepted_tokens / c.draft_tokens if c.draft_tokens else 0.0,
