@@ -65,13 +65,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     args = parser.parse_args()
 
     engine = Engine()
     prompts = held_out_prompts(engine.tokenizer, max(args.concurrency), args.prompt_tokens)
     cases = [(c, p) for c in args.concurrency for p in args.policies]
     samples = {(c, p, path): [] for c, p in cases for path in ("engine", "service")}
-    with Stack(StackConfig(threads=1)) as stack:
+    with Stack(StackConfig(threads=args.threads)) as stack:
         asyncio.run(run_service(stack.address, prompts[:2], "fixed:4", 8))  # warm-up
         run_engine(engine, prompts[:2], "fixed:4", 8)
         with tqdm(total=args.rounds * len(cases) * 2, desc="bench services", unit="run") as bar:
