@@ -92,10 +92,6 @@ class VerifyEngine(Engine):
         return bool(self._proposals) or any(s.status is not SequenceStatus.DECODING for s in self.scheduler.running) \
             or bool(self.scheduler.waiting)
 
-    def num_awaiting_drafts(self) -> int:
-        """Decoding sessions whose next drafts have not arrived yet."""
-        return sum(1 for s in self.scheduler.decoding() if s.seq_id not in self._proposals)
-
     def step(self) -> list[StepResult]:
         """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved."""
         ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]

@@ -5,11 +5,13 @@ loop applies every queued operation between two steps on the event loop thread, 
 everything that is ready in a worker thread, and hands each session its result. So each step takes all
 the work that arrived while the previous one ran: no session waits for another to finish.
 
-Gathering: a session's next message comes back one coordinator round trip (and, for verify, one draft
-step) after its reply. Stepping the moment the first one arrives splits the sessions into groups that
-then alternate, each step carrying a fraction of the batch for nearly the full cost of a step. So when
-some sessions are expected back (`expected()`), the loop waits for them, for at most one recent step
-time (`max_wait_ms` caps it): merging a group late by less than a step costs less than a step of its own.
+Gathering: a session's next message comes back some time after its reply: one coordinator round trip,
+plus a draft step when the verify pool waits for drafts. Stepping the moment the first message arrives
+splits the sessions into groups that then alternate, each step carrying a fraction of the batch for
+nearly the full cost of a step. So the loop learns, per session, how long it takes to come back, and
+waits for the sessions due back within a short window (half a recent step, at most `max_wait_ms`):
+merging a group that is late by less than that costs less than a step of its own. Sessions due later
+(busy in the other service) are not waited for, so draft and verify can work on different groups.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ class EngineStopped(RuntimeError):
 
 class EngineLoop:
     def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str,
-                 expected: Callable[[], int] = lambda: 0, max_wait_ms: float = 10.0, gather_fraction: float = 0.5):
+                 max_wait_ms: float = 10.0, gather_fraction: float = 0.5):
         self._step, self._has_work, self.name = step, has_work, name
-        self._expected, self.max_wait_ms, self.gather_fraction = expected, max_wait_ms, gather_fraction
+        self.max_wait_ms, self.gather_fraction = max_wait_ms, gather_fraction
+        self._replied_at: dict[int, float] = {}  # sessions answered and not back yet: when
+        self._return_s: dict[int, float] = {}  # per session, EWMA of the time from reply to its next message
         self._ops: list[tuple[Callable[[], Any], asyncio.Future | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
         self._ready: dict[int, tuple[Any, float]] = {}  # results that arrived before their session asked
@@ -49,8 +53,13 @@ class EngineLoop:
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail_all(EngineStopped(f"{self.name} engine stopped"))
 
-    async def call(self, op: Callable[[], Any]) -> Any:
-        """Apply `op` (it may touch the engine) before the next step and return its value."""
+    async def call(self, op: Callable[[], Any], key: int | None = None) -> Any:
+        """Apply `op` (it may touch the engine) before the next step and return its value. `key`: the
+        session this message continues (it times the session's return for gathering)."""
+        replied_at = self._replied_at.pop(key, None)
+        if replied_at is not None:
+            gap = time.perf_counter() - replied_at
+            self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
         done = asyncio.get_running_loop().create_future()
         self._ops.append((op, done))
         self._wake.set()
@@ -75,6 +84,8 @@ class EngineLoop:
     def forget(self, key: int) -> None:
         """Drop anything held for a closed session."""
         self._ready.pop(key, None)
+        self._replied_at.pop(key, None)
+        self._return_s.pop(key, None)
         waiter = self._waiters.pop(key, None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -88,8 +99,9 @@ class EngineLoop:
             if not self._has_work():
                 continue
             ready_since = ready_since or time.perf_counter()
-            wait_s = min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3 - (time.perf_counter() - ready_since)
-            if wait_s > 0 and self._expected() > 0:
+            window_end = ready_since + min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3
+            wait_s = window_end - time.perf_counter()
+            if wait_s > 0 and self._due_back_before(window_end):
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 except TimeoutError:
@@ -109,13 +121,19 @@ class EngineLoop:
             self.steps += 1
             log.debug("step", extra={"engine": self.name, "sessions": len(results), "step_ms": round(elapsed_ms, 2),
                                      "gathered_ms": round((start - gathered_since) * 1e3, 2)})
+            replied_at = time.perf_counter()
             for key, result in results.items():
+                self._replied_at[key] = replied_at
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result((result, elapsed_ms))
                 else:
                     self._ready[key] = (result, elapsed_ms)
             self._wake.set()  # more may be ready already; an idle engine just goes back to waiting
+
+    def _due_back_before(self, when: float) -> bool:
+        """Is a session expected back by `when`? (One never timed yet is assumed to be.)"""
+        return any(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
 
     def _apply_ops(self) -> None:
         ops, self._ops = self._ops, []

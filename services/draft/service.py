@@ -32,8 +32,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
         self.engine = engine
         self.replica_id, self.address, self.max_sessions = replica_id, address, max_sessions
         self._pending: dict[int, DraftWork] = {}
-        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft",
-                               expected=lambda: self.engine.num_sessions - len(self._pending))
+        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft")
 
     def _step(self) -> dict[int, DraftOutput]:
         work, self._pending = list(self._pending.values()), {}
@@ -67,7 +66,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
                                  DraftBudget(step.max_draft_tokens, step.min_confidence))
                 sent = time.perf_counter()
                 try:
-                    await self.loop.call(lambda: self._queue(work))
+                    await self.loop.call(lambda: self._queue(work), key=seq_id)
                 except ValueError as error:
                     await context.abort_with_status(invalid_argument_from(error, "step"))
                 output, step_ms = await self.loop.result(seq_id)

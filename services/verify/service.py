@@ -34,7 +34,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         self.engine = engine
         self.replica_id, self.pool, self.address = replica_id, pool, address
         self.max_sessions = engine.scheduler.max_num_seqs + max_waiting
-        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify", expected=engine.num_awaiting_drafts)
+        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify")
         self.sessions = 0
         self.acceptance, self.tokens_per_step = Ewma(), Ewma()
 
@@ -66,7 +66,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 sent = time.perf_counter()
                 try:
                     proposal = proposal_from_proto(request.step)
-                    await self.loop.call(lambda: self.engine.submit(seq.seq_id, proposal))
+                    await self.loop.call(lambda: self.engine.submit(seq.seq_id, proposal), key=seq.seq_id)
                 except ValueError as error:
                     await context.abort_with_status(invalid_argument_from(error, "step"))
                 yield await self._next_reply(seq, text, sent)
