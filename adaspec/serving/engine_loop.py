@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineStopped(RuntimeError):
-    """The loop stopped (shutdown or a failed step) before this session's result was ready."""
+    """The loop stopped (shutdown) before this session's result was ready."""
+
+
+class EngineStepFailed(RuntimeError):
+    """The engine step carrying this session raised; the loop goes on with the other sessions."""
 
 
 class EngineLoop:
@@ -113,7 +117,7 @@ class EngineLoop:
                 results = await asyncio.to_thread(self._step)
             except Exception as error:  # a failed step fails the sessions in it, not the service
                 log.exception("%s engine step failed", self.name)
-                self._fail_all(error)
+                self._fail_all(EngineStepFailed(f"{self.name} engine step failed: {error!r}"))
                 self._wake.set()
                 continue
             elapsed_ms = (time.perf_counter() - start) * 1e3

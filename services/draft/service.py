@@ -19,7 +19,7 @@ from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import ReplicaLoad
 from adaspec.policy import DraftBudget
 from adaspec.serving.convert import params_from_proto
-from adaspec.serving.engine_loop import EngineLoop, EngineStopped
+from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
 from adaspec.serving.heartbeat import load_to_proto
 from adaspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
@@ -77,6 +77,8 @@ class DraftService(draft_pb2_grpc.DraftServicer):
                 )
         except EngineStopped as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        except EngineStepFailed as error:
+            await abort(context, grpc.StatusCode.INTERNAL, str(error))
         finally:
             if seq_id is not None:
                 self.loop.forget(seq_id)

@@ -21,7 +21,7 @@ from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import ReplicaLoad
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.detokenizer import StreamingDetokenizer
-from adaspec.serving.engine_loop import EngineLoop, EngineStopped
+from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
 from adaspec.serving.heartbeat import Ewma, load_to_proto
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 
@@ -72,6 +72,8 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 yield await self._next_reply(seq, text, sent)
         except EngineStopped as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        except EngineStepFailed as error:
+            await abort(context, grpc.StatusCode.INTERNAL, str(error))
         finally:
             self.sessions -= 1
             if seq_id is not None:

@@ -1,0 +1,81 @@
+"""EngineLoop: one step over every ready session, results to the right session, failures contained, gathering."""
+
+import asyncio
+import time
+
+import pytest
+
+from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed
+
+
+class CountingEngine:
+    """Each step answers every queued session with (its value, how many sessions shared the step)."""
+
+    def __init__(self, fail_once: bool = False, step_s: float = 0.0):
+        self.queued: dict[int, int] = {}
+        self.batches: list[list[int]] = []
+        self.fail_once, self.step_s = fail_once, step_s
+
+    def step(self) -> dict[int, tuple[int, int]]:
+        work, self.queued = self.queued, {}
+        self.batches.append(sorted(work))
+        time.sleep(self.step_s)
+        if self.fail_once:
+            self.fail_once = False
+            raise RuntimeError("boom")
+        return {key: (value, len(work)) for key, value in work.items()}
+
+
+async def exchange(loop: EngineLoop, engine: CountingEngine, key: int, value: int):
+    await loop.call(lambda: engine.queued.__setitem__(key, value), key=key)
+    result, _ = await loop.result(key)
+    return result
+
+
+def test_sessions_queued_together_share_a_step_and_get_their_own_results():
+    async def main():
+        engine = CountingEngine()
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop.start()
+        results = await asyncio.gather(*(exchange(loop, engine, k, 10 * k) for k in range(5)))
+        await loop.stop()
+        return results, engine.batches
+
+    results, batches = asyncio.run(main())
+    assert results == [(10 * k, 5) for k in range(5)]
+    assert batches == [[0, 1, 2, 3, 4]]
+
+
+def test_a_failed_step_fails_only_its_sessions_and_the_loop_goes_on():
+    async def main():
+        engine = CountingEngine(fail_once=True)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop.start()
+        with pytest.raises(EngineStepFailed, match="boom"):
+            await exchange(loop, engine, 1, 1)
+        after = await exchange(loop, engine, 2, 2)
+        await loop.stop()
+        return after
+
+    assert asyncio.run(main()) == (2, 1)
+
+
+def test_a_session_due_back_soon_is_gathered_into_the_next_step():
+    """Session 0 returns 2 ms after each reply, session 1 at once: with a 20 ms step, they share steps."""
+
+    async def main():
+        engine = CountingEngine(step_s=0.02)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_wait_ms=20)
+        loop.start()
+
+        async def session(key: int, think_s: float):
+            for i in range(6):
+                await exchange(loop, engine, key, i)
+                await asyncio.sleep(think_s)
+
+        await asyncio.gather(session(0, 0.002), session(1, 0.0))
+        await loop.stop()
+        return engine.batches
+
+    batches = asyncio.run(main())
+    assert sum(len(b) == 2 for b in batches) >= 4, batches
