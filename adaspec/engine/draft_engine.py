@@ -15,13 +15,17 @@ import torch
 
 from adaspec.engine.drafter import Drafter
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
-from adaspec.engine.model_loader import BUNDLED_DRAFT, default_device, default_dtype, load_model
+from adaspec.engine.model_loader import (
+    BUNDLED_DRAFT,
+    default_device,
+    default_dtype,
+    default_kv_budget,
+    load_model,
+)
 from adaspec.engine.model_runner import ModelRunner
 from adaspec.engine.sequence import Sequence
 from adaspec.policy import DraftBudget, FixedLength
 from adaspec.sampling_params import SamplingParams
-
-DEFAULT_CPU_KV_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -56,16 +60,14 @@ class DraftEngine:
         self.model = load_model(draft or BUNDLED_DRAFT, self.device, dtype or default_dtype(self.device))
         self.max_spec_len = max_spec_len
         self.max_model_len = min(self.model.max_model_len, max_model_len or self.model.max_model_len)
-        budget = kv_cache_memory or DEFAULT_CPU_KV_BYTES
         m = self.model
-        cache = PagedKVCache.from_budget(budget, m.num_layers, m.num_kv_heads, m.head_dim, block_size, m.dtype,
-                                         self.device)
+        cache = PagedKVCache.from_budget(kv_cache_memory or default_kv_budget(self.device), m.num_layers,
+                                         m.num_kv_heads, m.head_dim, block_size, m.dtype, self.device)
         self.blocks = cache.blocks
-        # Fit q to the tokenizer's vocabulary: the target may pad its embeddings differently, never its tokenizer.
+        # Fit q to the tokenizer's vocabulary: the target may pad its embeddings, never its tokenizer.
         self.drafter = Drafter(ModelRunner(m, cache), len(m.tokenizer))
         self._sessions: dict[int, Sequence] = {}
         self._ids = itertools.count()
-        self.last_step_tokens = 0
 
     @property
     def num_sessions(self) -> int:
@@ -98,8 +100,6 @@ class DraftEngine:
         """Commit every session's new tokens and draft its k_i tokens, all sessions batched (`check`ed work)."""
         seqs = [self._commit(w) for w in work]
         budgets = [self._cap(seq, w.budget) for seq, w in zip(seqs, work)]
-        self.last_step_tokens = sum(len(s.token_ids) - self.blocks.num_tokens(s.seq_id) + b.max_tokens
-                                    for s, b in zip(seqs, budgets))
         drafts = self.drafter.propose(seqs, budgets)
         counts = [0, *itertools.accumulate(len(t) for t in drafts.tokens)]
         return {

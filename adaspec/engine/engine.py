@@ -29,6 +29,7 @@ from adaspec.engine.model_loader import (
     check_same_vocabulary,
     default_device,
     default_dtype,
+    default_kv_budget,
     load_model,
 )
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
@@ -39,7 +40,6 @@ from adaspec.outputs import RequestOutput
 from adaspec.sampling_params import SamplingParams
 from kernels.rng import splitmix64
 
-DEFAULT_CPU_KV_BYTES = 512 * 2**20
 VERIFY_STREAM = 2
 
 Prompt = str | list[int]
@@ -85,7 +85,7 @@ class Engine:
         self.max_model_len = min(limits + ([max_model_len] if max_model_len else []))
         self.eos_token_ids = _eos_token_ids(self.target)
 
-        budget = kv_cache_memory or _default_kv_budget(self.device)
+        budget = kv_cache_memory or default_kv_budget(self.device)
         caches = self._allocate_kv_caches(budget, block_size)
         self.target_runner = ModelRunner(self.target, caches[0])
         self.drafter = Drafter(ModelRunner(self.draft, caches[1]), self.target.vocab_size) if self.draft else None
@@ -359,10 +359,3 @@ def _eos_token_ids(model: LoadedModel) -> set[int]:
     if model.tokenizer.eos_token_id is not None:
         ids.add(model.tokenizer.eos_token_id)
     return ids
-
-
-def _default_kv_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)
-    return DEFAULT_CPU_KV_BYTES

@@ -10,9 +10,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from adaspec.engine.attention import ATTENTION_NAME
+from adaspec.engine.paths import BUNDLED_DRAFT, BUNDLED_TARGET, MODELS_DIR  # noqa: F401 (re-exported)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-from adaspec.engine.paths import BUNDLED_DRAFT, BUNDLED_TARGET, MODELS_DIR  # noqa: F401 (re-exported)
+DEFAULT_CPU_KV_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -41,6 +42,14 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def default_kv_budget(device: torch.device) -> int:
+    """KV cache bytes when none are given: 80 % of free memory on CUDA, DEFAULT_CPU_KV_BYTES on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    return DEFAULT_CPU_KV_BYTES
 
 
 def load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> LoadedModel:

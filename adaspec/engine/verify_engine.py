@@ -51,15 +51,10 @@ class VerifyEngine(Engine):
         super().__init__(target or BUNDLED_TARGET, None, **engine_args)
         self._proposals: dict[int, Proposal] = {}
         self._external = ExternalDrafts()
-        self.last_step_tokens = 0  # tokens in the last step's forward; 0: the step had nothing to do
 
     def open(self, prompt: Prompt, params: SamplingParams) -> Sequence:
         """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted."""
-        seq = self._new_sequence(prompt, params, self._external)
-        self._check_fits(seq)
-        self._sequences[seq.seq_id] = seq
-        self.scheduler.add(seq)
-        return seq
+        return self._sequences[self.add_request(prompt, params, self._external)]
 
     def max_draft_tokens(self, seq_id: int) -> int:
         """The most drafts the session's next step may bring: max_spec_len, capped by the tokens left."""
@@ -78,7 +73,8 @@ class VerifyEngine(Engine):
             raise ValueError(f"step.topk_ids/topk_probs: shapes {tuple(proposal.topk_ids.shape)} and "
                              f"{tuple(proposal.topk_probs.shape)}, expected [{k}, sparse_k]")
         vocab = self.target.vocab_size
-        if any(not 0 <= t < vocab for t in proposal.token_ids) or ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any():
+        ids_out_of_range = ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any()
+        if ids_out_of_range or any(not 0 <= t < vocab for t in proposal.token_ids):
             raise ValueError(f"step.token_ids: draft token ids must be in [0, {vocab})")
         self._proposals[seq_id] = proposal
 
@@ -98,7 +94,6 @@ class VerifyEngine(Engine):
         proposals = [self._proposals.pop(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
         prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
-        self.last_step_tokens = spent + sum(n for _, n in prefills)
         drafts = self._stack(proposals)
         before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
         logits, verifying = self._score(ready, drafts, prefills)

@@ -55,7 +55,7 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
     async def drain() -> None:
         await heartbeat.stop()  # coordinators stop routing here at once, not after the TTL
         deadline = time.monotonic() + args.grace_s
-        while _open_sessions(service) and time.monotonic() < deadline:
+        while service.snapshot().sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     try:
@@ -64,7 +64,3 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
         await service.loop.stop()
         if store is not None:
             await store.close()
-
-
-def _open_sessions(service) -> int:
-    return service.snapshot().sessions

@@ -24,7 +24,8 @@ class LoadPoller:
     def __init__(self, store: LoadStore, channels, verify: list[str], draft: list[str], interval_s: float = 0.5,
                  ttl_s: float = 3.0):
         self.store, self.channels = store, channels
-        self.targets = [(a, verify_pb2_grpc.VerifyStub) for a in verify] + [(a, draft_pb2_grpc.DraftStub) for a in draft]
+        self.targets = [(a, verify_pb2_grpc.VerifyStub) for a in verify]
+        self.targets += [(a, draft_pb2_grpc.DraftStub) for a in draft]
         self.interval_s, self.ttl_s = interval_s, ttl_s
         self._task: asyncio.Task | None = None
 

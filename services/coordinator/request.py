@@ -207,10 +207,10 @@ class RequestRun:
         return Session(call, replica, self.spec.request_id, self.router)
 
     async def _drop_draft(self, error: Exception) -> None:
-        code = error.code() if isinstance(error, grpc.aio.AioRpcError) else error.status.code
-        log.warning("continuing without speculation", extra={
-            "request_id": self.spec.request_id, "reason": str(error.details() if hasattr(error, "details") else error),
-            "code": getattr(code, "name", str(code))})
+        rpc = isinstance(error, grpc.aio.AioRpcError)
+        code, reason = (error.code(), error.details()) if rpc else (error.status.code, str(error))
+        log.warning("continuing without speculation",
+                    extra={"request_id": self.spec.request_id, "reason": reason, "code": code.name})
         if self.draft is not None:
             if code is grpc.StatusCode.UNAVAILABLE:
                 self.router.mark_failed(self.draft.replica)
