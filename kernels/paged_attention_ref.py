@@ -16,11 +16,19 @@ import torch.nn.functional as F
 
 @dataclass
 class AttentionPlan:
-    """Gather indices of one ragged batch; the same for every layer of a forward, so built once."""
+    """Gather indices of one ragged batch; the same for every layer of a forward, so built once.
 
-    q_index: torch.Tensor  # [batch, max_query_len] packed row of each padded query
-    q_valid: torch.Tensor  # [batch, max_query_len] bool
-    slots: torch.Tensor  # [batch, max_seq_len] flat cache slot of each key position
+    Flat indices feed `index_select`, which copies whole rows and is several times faster on CPU than
+    advanced indexing with a 2-D index. When every request brings the same number of queries, the
+    packed query already is the padded layout and `q_index` / `out_rows` are None.
+    """
+
+    batch: int
+    max_query_len: int
+    max_seq_len: int
+    q_index: torch.Tensor | None  # [batch * max_query_len] packed row of each padded query
+    out_rows: torch.Tensor | None  # [num_tokens] padded row of each packed query
+    slots: torch.Tensor  # [batch * max_seq_len] flat cache slot of each key position
     mask: torch.Tensor | None  # [batch, 1, max_query_len, max_seq_len] bool; None when every key is visible
 
 
@@ -40,15 +48,20 @@ def plan_attention(
     query_lens = (cu_query_lens[1:] - cu_query_lens[:-1]).long()  # [batch]
     q_offsets = torch.arange(max_query_len, device=device)  # [max_query_len]
     q_valid = q_offsets[None, :] < query_lens[:, None]  # [batch, max_query_len]
-    q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1)
+    q_index = out_rows = None
+    if num_tokens != batch * max_query_len:
+        q_index = (cu_query_lens[:-1, None].long() + q_offsets[None, :]).clamp(max=num_tokens - 1).flatten()
+        out_rows = q_valid.flatten().nonzero().squeeze(1)  # [num_tokens]
     kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
     slots = block_tables[:, kv_pos // block_size].long() * block_size + kv_pos % block_size  # [batch, max_seq_len]
+    plan = AttentionPlan(batch, max_query_len, max_seq_len, q_index, out_rows, slots.flatten(), None)
     if batch == 1 and max_query_len == 1 and max_seq_len == int(seq_lens[0]):
-        return AttentionPlan(q_index, q_valid, slots, None)  # one decode token sees every gathered key
+        return plan  # one decode token sees every gathered key
     q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
     mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # [batch, max_query_len, max_seq_len]
     mask |= ~q_valid[:, :, None] & (kv_pos == 0)  # padding rows see one key, so they stay finite
-    return AttentionPlan(q_index, q_valid, slots, mask[:, None])
+    plan.mask = mask[:, None]
+    return plan
 
 
 def attend(
@@ -58,15 +71,19 @@ def attend(
     plan: AttentionPlan,
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    num_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
+    num_heads, num_kv_heads, head_dim = query.shape[1], key_cache.shape[2], key_cache.shape[3]
     assert key_cache.shape == value_cache.shape and num_heads % num_kv_heads == 0
-    q = query[plan.q_index].transpose(1, 2)  # [batch, num_heads, max_query_len, head_dim]
-    k = key_cache.flatten(0, 1)[plan.slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
-    v = value_cache.flatten(0, 1)[plan.slots].transpose(1, 2)  # [batch, num_kv_heads, max_seq_len, head_dim]
+    batch, max_query_len, max_seq_len = plan.batch, plan.max_query_len, plan.max_seq_len
+    padded = query if plan.q_index is None else query.index_select(0, plan.q_index)
+    q = padded.view(batch, max_query_len, num_heads, head_dim).transpose(1, 2)  # [batch, num_heads, max_q, head_dim]
+    k = key_cache.flatten(0, 1).index_select(0, plan.slots).view(batch, max_seq_len, num_kv_heads, head_dim)
+    v = value_cache.flatten(0, 1).index_select(0, plan.slots).view(batch, max_seq_len, num_kv_heads, head_dim)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=num_kv_heads != num_heads
+        q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask, scale=scale,
+        enable_gqa=num_kv_heads != num_heads,
     )  # [batch, num_heads, max_query_len, head_dim]
-    return out.transpose(1, 2)[plan.q_valid]
+    out = out.transpose(1, 2).reshape(batch * max_query_len, num_heads, head_dim)
+    return out if plan.out_rows is None else out.index_select(0, plan.out_rows)
 
 
 def paged_attention(
