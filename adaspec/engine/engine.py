@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 import kernels
+from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
 from adaspec.engine.model_loader import (
@@ -272,7 +273,8 @@ class Engine:
         if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
             return "stop"
         if params.stop:
-            text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+            seq.output_text.add([token])
+            text = seq.output_text.text
             scan_from = max(0, seq.stop_scan_from - max(map(len, params.stop)) + 1)
             hits = [i for s in params.stop if (i := text.find(s, scan_from)) >= 0]
             seq.stop_scan_from = len(text)
@@ -315,7 +317,10 @@ class Engine:
                 f"must leave room for at least one new token"
             )
         seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
-        return Sequence(next(self._ids), prompt_ids, params, seed, policy)
+        seq = Sequence(next(self._ids), prompt_ids, params, seed, policy)
+        if params.stop:
+            seq.output_text = IncrementalDetokenizer(self.tokenizer)
+        return seq
 
     def _reserve_tokens(self, seq: Sequence) -> int:
         final_len = min(seq.num_prompt_tokens + seq.params.max_tokens, self.max_model_len)

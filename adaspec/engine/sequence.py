@@ -6,6 +6,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.sampling_params import SamplingParams
 
 
@@ -66,6 +67,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_text_index: int | None = None  # where a matched stop string starts in the output text
         self.stop_scan_from = 0  # output text before this was already searched for stop strings
+        self.output_text: IncrementalDetokenizer | None = None  # kept only when stop strings are watched
         self.stats = RequestStats()
 
     @property

@@ -1,23 +1,27 @@
 """Streaming text for a session's output tokens.
 
-Text is released only once it is final: a trailing replacement character (half of a multi-byte
-character) and any tail that could still grow into a stop string are held back until the next tokens
+Text is released only once it is final: half of a multi-byte character (held back by the incremental
+detokenizer) and any tail that could still grow into a stop string are held back until the next tokens
 or the end of the request, so a client never receives text that a stop string later removes.
 """
 
 from __future__ import annotations
 
+from adaspec.engine.detokenizer import IncrementalDetokenizer
+
 
 class StreamingDetokenizer:
     def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.token_ids: list[int] = []
+        self.output = IncrementalDetokenizer(tokenizer)
+        self.stop = stop
         self.sent = 0  # characters of the output text already released
 
     def add(self, token_ids: list[int], finished: bool, stop_text_index: int | None = None) -> str:
         """Append committed tokens; return the newly final text."""
-        self.token_ids += token_ids
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        self.output.add(token_ids)
+        if finished:
+            self.output.flush()
+        text = self.output.text
         if finished:
             end = stop_text_index if stop_text_index is not None else len(text)
         else:
@@ -28,7 +32,7 @@ class StreamingDetokenizer:
         return delta
 
     def _held_back(self, text: str) -> int:
-        hold = 1 if text.endswith("\ufffd") else 0
+        hold = 0
         for stop in self.stop:
             for n in range(min(len(stop) - 1, len(text)), hold, -1):
                 if text.endswith(stop[:n]):
