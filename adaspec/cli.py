@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 def add_stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-replicas", type=int, default=1)
     parser.add_argument("--draft-replicas", type=int, default=1)
-    parser.add_argument("--redis", help="'spawn' (start a local redis-server) or a Redis URL; default: in-process store")
+    parser.add_argument("--redis",
+                        help="'spawn' (start a local redis-server) or a Redis URL; default: in-process store")
     parser.add_argument("--target", help="target checkpoint directory (default: the bundled tiny-target)")
     parser.add_argument("--draft", help="draft checkpoint directory (default: the bundled tiny-draft)")
     parser.add_argument("--policy", default="fixed:4", help="default policy: none | fixed:K")

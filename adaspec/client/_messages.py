@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 
 from adaspec.errors import InvalidArgument
-from adaspec.v1 import common_pb2, coordinator_pb2
+from adaspec.v1 import coordinator_pb2
 
 Prompt = str | Iterable[int]
 
@@ -92,30 +92,6 @@ class _Accumulator:
 
     def completion(self) -> Completion:
         return Completion("".join(self.text), self.token_ids, self.finish_reason, self.stats)
-
-
-@dataclass(frozen=True)
-class ReplicaLoad:
-    """One replica's last published load (proto `ReplicaLoad`)."""
-
-    replica_id: str
-    kind: str  # "verify" | "draft"
-    pool: str
-    address: str
-    sessions: int
-    waiting: int
-    queued_tokens: int
-    free_kv_blocks: int
-    total_kv_blocks: int
-    max_sessions: int
-    step_latency_ms: float
-    acceptance_rate: float
-    tokens_per_step: float
-    updated_at: float  # unix time of the heartbeat
-
-    @classmethod
-    def from_proto(cls, load: common_pb2.ReplicaLoad) -> ReplicaLoad:
-        return cls(**{f.name: getattr(load, f.name) for f in fields(cls)})
 
 
 def _invalid(field_name: str, description: str) -> InvalidArgument:

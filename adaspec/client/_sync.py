@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 
 from adaspec.client._base import DEFAULT_ADDRESS, ClientBase
-from adaspec.client._messages import Chunk, Completion, Prompt, ReplicaLoad, _Accumulator, build_request
+from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request
 from adaspec.client._retry import Attempts
 from adaspec.errors import from_rpc_error
+from adaspec.replica_load import ReplicaLoad
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 

@@ -95,7 +95,8 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
         details.append(f"{len(only_draft)} only in the draft (e.g. {only_draft[:3]})")
     if moved:
         t = moved[0]
-        details.append(f"{len(moved)} with different ids (e.g. {t!r}: target {target_vocab[t]}, draft {draft_vocab[t]})")
+        details.append(f"{len(moved)} with different ids "
+                       f"(e.g. {t!r}: target {target_vocab[t]}, draft {draft_vocab[t]})")
     raise ValueError(
         f"draft model {draft.path} and target model {target.path} do not share a vocabulary: " + "; ".join(details)
     )

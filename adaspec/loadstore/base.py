@@ -9,10 +9,8 @@ interface: `InProcessLoadStore` (single-node default) and `RedisLoadStore` (seve
 from __future__ import annotations
 
 import abc
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from adaspec.replica_load import ReplicaLoad
 
 __all__ = ["LoadStore", "LoadStoreUnavailable", "ReplicaLoad", "check_duration"]
 
@@ -28,53 +26,6 @@ class LoadStoreUnavailable(RuntimeError):
         self.url = url
         self.reason = reason
         super().__init__(f"load store at {url} is unavailable: {reason}")
-
-
-@dataclass
-class ReplicaLoad:
-    """One replica's heartbeat: what a coordinator needs to pick a replica."""
-
-    replica_id: str          # unique per process, e.g. "verify-0"
-    kind: str                # "verify" | "draft"
-    pool: str                # verify pool name ("default"); drafts use "draft"
-    address: str             # host:port of its gRPC server
-    sessions: int = 0        # open sessions
-    waiting: int = 0         # sessions queued for admission
-    queued_tokens: int = 0   # prompt tokens not yet prefilled + pending verify tokens
-    free_kv_blocks: int = 0
-    total_kv_blocks: int = 0
-    max_sessions: int = 0    # capacity: admitted + queue limit
-    step_latency_ms: float = 0.0   # recent (EWMA) engine step latency
-    acceptance_rate: float = 0.0   # recent (EWMA) draft acceptance
-    tokens_per_step: float = 0.0
-    updated_at: float = 0.0  # time.time() of the heartbeat
-
-    def to_dict(self) -> dict[str, str]:
-        """Every field as a string: the shape of a Redis hash (`repr` keeps floats exact)."""
-        values = dataclasses.asdict(self)
-        return {k: repr(v) if isinstance(v, float) else str(v) for k, v in values.items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str | bytes, Any]) -> ReplicaLoad:
-        """Inverse of `to_dict`; accepts str or bytes keys/values, ignores unknown keys.
-
-        Unknown keys are ignored so that a newer replica publishing an extra field does not break an
-        older coordinator during a rolling upgrade; missing optional fields take their defaults.
-        """
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            conv = _CONVERTERS.get(name)
-            if conv is None:
-                continue
-            text = value.decode() if isinstance(value, bytes) else value
-            kwargs[name] = conv(text)
-        return cls(**kwargs)
-
-
-# field name -> converter from its string form, from the annotations (strings under `annotations`).
-_CONVERTERS: dict[str, type] = {
-    f.name: {"int": int, "float": float, "str": str}[str(f.type)] for f in dataclasses.fields(ReplicaLoad)}
 
 
 def check_duration(name: str, value: float) -> int:

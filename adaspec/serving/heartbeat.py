@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
 from adaspec.loadstore import LoadStore, LoadStoreUnavailable, ReplicaLoad
-from adaspec.v1 import common_pb2
 
 log = logging.getLogger(__name__)
-
-
-def load_to_proto(load: ReplicaLoad) -> common_pb2.ReplicaLoad:
-    return common_pb2.ReplicaLoad(**dataclasses.asdict(load))
-
-
-def load_from_proto(msg: common_pb2.ReplicaLoad) -> ReplicaLoad:
-    return ReplicaLoad(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(ReplicaLoad)})
 
 
 class Heartbeat:

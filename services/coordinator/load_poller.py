@@ -13,8 +13,7 @@ import logging
 
 import grpc
 
-from adaspec.loadstore import LoadStore
-from adaspec.serving.heartbeat import load_from_proto
+from adaspec.loadstore import LoadStore, ReplicaLoad
 from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,6 @@ class LoadPoller:
         except grpc.aio.AioRpcError as error:
             log.debug("replica not answering", extra={"address": address, "code": error.code().name})
             return
-        load = load_from_proto(reply)
+        load = ReplicaLoad.from_proto(reply)
         load.address = address  # the address we reach it by, whatever it calls itself
         await self.store.publish(load, self.ttl_s)

@@ -19,7 +19,6 @@ from adaspec.loadstore import LoadStore
 from adaspec.policy import make_policy
 from adaspec.sampling_params import MAX_SEED
 from adaspec.serving.convert import params_from_proto
-from adaspec.serving.heartbeat import load_to_proto
 from adaspec.serving.server import CHANNEL_OPTIONS
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
@@ -105,7 +104,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def GetClusterState(self, request, context) -> coordinator_pb2.ClusterState:
         replicas = await self.store.replicas()
-        return coordinator_pb2.ClusterState(replicas=[load_to_proto(r) for r in replicas],
+        return coordinator_pb2.ClusterState(replicas=[r.to_proto() for r in replicas],
                                             load_store=self.store_name, default_policy=self.default_policy)
 
     async def drain(self, timeout_s: float) -> None:

@@ -20,7 +20,6 @@ from adaspec.loadstore import ReplicaLoad
 from adaspec.policy import DraftBudget
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
-from adaspec.serving.heartbeat import load_to_proto
 from adaspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
         self.engine.close(seq_id)
 
     async def GetLoad(self, request, context) -> common_pb2.ReplicaLoad:
-        return load_to_proto(self.snapshot())
+        return self.snapshot().to_proto()
 
     def snapshot(self) -> ReplicaLoad:
         free, total = self.engine.kv_usage()

@@ -22,7 +22,7 @@ from adaspec.loadstore import ReplicaLoad
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.detokenizer import StreamingDetokenizer
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
-from adaspec.serving.heartbeat import Ewma, load_to_proto
+from adaspec.serving.heartbeat import Ewma
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         )
 
     async def GetLoad(self, request, context) -> common_pb2.ReplicaLoad:
-        return load_to_proto(self.snapshot())
+        return self.snapshot().to_proto()
 
     def snapshot(self) -> ReplicaLoad:
         engine, blocks = self.engine, self.engine.target_runner.kv_cache.blocks

@@ -1,0 +1,67 @@
+"""A replica's published load: the record replicas heartbeat, coordinators route on and the SDK returns.
+
+Plain Python and protobuf only, so the SDK can import it without the load store's Redis client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adaspec.v1 import common_pb2
+
+
+@dataclass
+class ReplicaLoad:
+    """One replica's heartbeat: what a coordinator needs to pick a replica."""
+
+    replica_id: str          # unique per process, e.g. "verify-0"
+    kind: str                # "verify" | "draft"
+    pool: str                # verify pool name ("default"); drafts use "draft"
+    address: str             # host:port of its gRPC server
+    sessions: int = 0        # open sessions
+    waiting: int = 0         # sessions queued for admission
+    queued_tokens: int = 0   # prompt tokens not yet prefilled + pending verify tokens
+    free_kv_blocks: int = 0
+    total_kv_blocks: int = 0
+    max_sessions: int = 0    # capacity: admitted + queue limit
+    step_latency_ms: float = 0.0   # recent (EWMA) engine step latency
+    acceptance_rate: float = 0.0   # recent (EWMA) draft acceptance
+    tokens_per_step: float = 0.0
+    updated_at: float = 0.0  # time.time() of the heartbeat
+
+    def to_dict(self) -> dict[str, str]:
+        """Every field as a string: the shape of a Redis hash (`repr` keeps floats exact)."""
+        values = dataclasses.asdict(self)
+        return {k: repr(v) if isinstance(v, float) else str(v) for k, v in values.items()}
+
+    def to_proto(self) -> common_pb2.ReplicaLoad:
+        return common_pb2.ReplicaLoad(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_proto(cls, msg: common_pb2.ReplicaLoad) -> ReplicaLoad:
+        return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str | bytes, Any]) -> ReplicaLoad:
+        """Inverse of `to_dict`; accepts str or bytes keys/values, ignores unknown keys.
+
+        Unknown keys are ignored so that a newer replica publishing an extra field does not break an
+        older coordinator during a rolling upgrade; missing optional fields take their defaults.
+        """
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            conv = _CONVERTERS.get(name)
+            if conv is None:
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            kwargs[name] = conv(text)
+        return cls(**kwargs)
+
+
+# field name -> converter from its string form, from the annotations (strings under `annotations`).
+_CONVERTERS: dict[str, type] = {
+    f.name: {"int": int, "float": float, "str": str}[str(f.type)] for f in dataclasses.fields(ReplicaLoad)}
