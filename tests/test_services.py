@@ -108,6 +108,28 @@ def test_sampled_output_with_a_seed_matches_the_offline_engine(stack, bundled_en
             assert got.token_ids == expected.token_ids
 
 
+def test_steps_sent_ahead_without_a_draft_match_the_offline_engine(stack, bundled_engine):
+    """Policy none: the coordinator keeps the next empty step in flight, so one arrives after the final
+    reply of every request; the replica ignores it, and the output and the released session are exact."""
+    baseline = live_replicas(stack)
+    cases = [  # (max_tokens, stop): finished by length after 1 and 20 tokens, and by a stop string
+        (1, []), (20, []), (60, ["\n"]),
+    ]
+    reasons = set()
+    with Client(stack.address) as client:
+        for prompt in HELD_OUT_SNIPPETS[:3]:
+            for max_tokens, stop in cases:
+                params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
+                expected = bundled_engine.generate([prompt], params, policy="none")[0]
+                got = client.generate(prompt, max_tokens=max_tokens, temperature=0, stop=stop, policy="none")
+                assert (got.token_ids, got.text, got.finish_reason) == \
+                    (expected.token_ids, expected.text, expected.finish_reason)
+                assert got.stats.draft_tokens == 0 and got.stats.steps == len(got.token_ids) - 1
+                reasons.add(got.finish_reason)
+    assert reasons == {"length", "stop"}
+    wait_for_baseline(stack, baseline)
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"prompt": ""}, "prompt"),
     ({"prompt": [5] * 5000}, "prompt"),

@@ -73,7 +73,7 @@ class VerifyEngine(Engine):
             raise ValueError(f"step.topk_ids/topk_probs: shapes {tuple(proposal.topk_ids.shape)} and "
                              f"{tuple(proposal.topk_probs.shape)}, expected [{k}, sparse_k]")
         vocab = self.target.vocab_size
-        ids_out_of_range = ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any()
+        ids_out_of_range = k and ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any()
         if ids_out_of_range or any(not 0 <= t < vocab for t in proposal.token_ids):
             raise ValueError(f"step.token_ids: draft token ids must be in [0, {vocab})")
         self._proposals[seq_id] = proposal

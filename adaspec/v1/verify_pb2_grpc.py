@@ -53,6 +53,8 @@ class VerifyServicer:
     def Session(self, request_iterator, context):
         """First message: open (prefill; the reply carries the first token). Then one step per message:
         the reply carries the accepted drafts plus the target's token. Half-close or cancel to close.
+        Steps after the final reply are ignored: a client with no drafts to wait for may send its next
+        step before it reads the reply, so the replica never waits for a round trip.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,9 +68,17 @@ class Session:
 
     def __init__(self, call, replica: ReplicaLoad, lease_id: str, router: Router):
         self.call, self.replica, self.lease_id, self.router = call, replica, lease_id, router
+        self.sent_ahead = False  # the message of the next exchange is already on the wire
 
-    async def exchange(self, message):
-        await self.call.write(message)
+    async def exchange(self, message, next_message=None):
+        """Send `message` (unless it went ahead) and read the reply. `next_message`, when the next exchange's
+        message is known before this reply (a step without drafts), goes out at once: the replica finds it
+        waiting when its step ends instead of waiting a round trip through the coordinator."""
+        if not self.sent_ahead:
+            await self.call.write(message)
+        self.sent_ahead = next_message is not None
+        if next_message is not None:
+            await self.call.write(next_message)
         reply = await self.call.read()
         if reply is grpc.aio.EOF:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -168,8 +176,10 @@ class RequestRun:
             return common_pb2.DraftTokens()
 
     async def verify_step(self, drafts: common_pb2.DraftTokens) -> verify_pb2.VerifyResponse:
+        message = verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent)
         try:
-            reply = await self.verify.exchange(verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent))
+            # Without a draft session every step is the same empty one: keep the next one in flight.
+            reply = await self.verify.exchange(message, next_message=message if self.draft is None else None)
         except grpc.aio.AioRpcError as error:
             replica = self.verify.replica
             if error.code() not in PASS_THROUGH and error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:

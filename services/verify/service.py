@@ -26,6 +26,7 @@ from adaspec.serving.heartbeat import Ewma
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 
 log = logging.getLogger(__name__)
+NO_DRAFTS = Proposal([], torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1))  # a k = 0 step (read-only)
 SERVICE_NAME = verify_pb2.DESCRIPTOR.services_by_name["Verify"].full_name
 
 
@@ -60,7 +61,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             yield reply
             async for request in request_iterator:
                 if seq.finished:
-                    await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the session has finished")
+                    break  # a step sent ahead of the final reply (see verify.proto)
                 if request.WhichOneof("kind") != "step":
                     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a step message", field="step")
                 sent = time.perf_counter()
@@ -138,9 +139,11 @@ def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
     if len(msg.topk_ids) != k * width or len(msg.topk_probs) != k * width:
         raise ValueError(f"step.topk_ids: expected {k} x {width} entries, got {len(msg.topk_ids)} ids and "
                          f"{len(msg.topk_probs)} probabilities")
-    width = max(width, 1)
+    if not k:
+        return NO_DRAFTS
     return Proposal(
         token_ids=list(msg.token_ids),
-        topk_ids=torch.tensor(msg.topk_ids, dtype=torch.long).view(k, width),  # [k, K]
-        topk_probs=torch.tensor(msg.topk_probs, dtype=torch.float32).view(k, width),  # [k, K]
+        # list() first: torch.tensor reads a protobuf repeated field element by element, several times slower
+        topk_ids=torch.tensor(list(msg.topk_ids), dtype=torch.long).view(k, width),  # [k, K]
+        topk_probs=torch.tensor(list(msg.topk_probs), dtype=torch.float32).view(k, width),  # [k, K]
     )
