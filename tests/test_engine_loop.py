@@ -79,3 +79,28 @@ def test_a_session_due_back_soon_is_gathered_into_the_next_step():
 
     batches = asyncio.run(main())
     assert sum(len(b) == 2 for b in batches) >= 4, batches
+
+
+def test_a_step_waits_for_half_of_the_sessions_due_back_within_a_step():
+    """Session 0 returns at once, sessions 1-3 12 ms after each reply (too late for the 2 ms "soon" window).
+    Stepping whenever work is ready lets session 0 run alone every other step; waiting (at most one step)
+    until half of those due back are in keeps all four in one step."""
+
+    async def run(min_batch_fraction: float) -> list[list[int]]:
+        engine = CountingEngine(step_s=0.02)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_wait_ms=2,
+                          min_batch_fraction=min_batch_fraction)
+        loop.start()
+
+        async def session(key: int, think_s: float):
+            for i in range(8):
+                await exchange(loop, engine, key, i)
+                await asyncio.sleep(think_s)
+
+        await asyncio.gather(session(0, 0.0), *(session(k, 0.012) for k in (1, 2, 3)))
+        await loop.stop()
+        return engine.batches
+
+    merged, split = asyncio.run(run(0.5)), asyncio.run(run(0.0))
+    assert len(merged) <= 9 and sum(len(b) == 4 for b in merged) >= 7, merged  # 8 rounds of 4
+    assert len(split) >= 11, split  # session 0 runs ahead alone, then the others finish without it

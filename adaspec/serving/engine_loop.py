@@ -9,9 +9,11 @@ Gathering: a session's next message comes back some time after its reply: one co
 plus a draft step when the verify pool waits for drafts. Stepping the moment the first message arrives
 splits the sessions into groups that then alternate, each step carrying a fraction of the batch for
 nearly the full cost of a step. So the loop learns, per session, how long it takes to come back, and
-waits for the sessions due back within a short window (half a recent step, at most `max_wait_ms`):
-merging a group that is late by less than that costs less than a step of its own. Sessions due later
-(busy in the other service) are not waited for, so draft and verify can work on different groups.
+  - waits for the sessions due back within a short window (half a recent step, at most `max_wait_ms`):
+    merging a group that is late by less than that costs less than a step of its own;
+  - otherwise waits, for at most one recent step, while fewer than `min_batch_fraction` of the sessions
+    back or due back within that step are in. At the default of one half the sessions settle into at
+    most two groups: draft and verify can work on one each at the same time, and no group is a sliver.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ class EngineStepFailed(RuntimeError):
 
 class EngineLoop:
     def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str,
-                 max_wait_ms: float = 10.0, gather_fraction: float = 0.5):
+                 max_wait_ms: float = 10.0, gather_fraction: float = 0.5, min_batch_fraction: float = 0.5,
+                 max_batch_wait_ms: float = 50.0):
         self._step, self._has_work, self.name = step, has_work, name
         self.max_wait_ms, self.gather_fraction = max_wait_ms, gather_fraction
+        self.min_batch_fraction, self.max_batch_wait_ms = min_batch_fraction, max_batch_wait_ms
         self._replied_at: dict[int, float] = {}  # sessions answered and not back yet: when
+        self._back: set[int] = set()  # sessions that came back since the last step started
         self._return_s: dict[int, float] = {}  # per session, EWMA of the time from reply to its next message
         self._ops: list[tuple[Callable[[], Any], asyncio.Future | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
@@ -62,6 +67,7 @@ class EngineLoop:
         session this message continues (it times the session's return for gathering)."""
         replied_at = self._replied_at.pop(key, None)
         if replied_at is not None:
+            self._back.add(key)
             gap = time.perf_counter() - replied_at
             self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
         done = asyncio.get_running_loop().create_future()
@@ -89,6 +95,7 @@ class EngineLoop:
         """Drop anything held for a closed session."""
         self._ready.pop(key, None)
         self._replied_at.pop(key, None)
+        self._back.discard(key)
         self._return_s.pop(key, None)
         waiter = self._waiters.pop(key, None)
         if waiter is not None and not waiter.done():
@@ -103,15 +110,15 @@ class EngineLoop:
             if not self._has_work():
                 continue
             ready_since = ready_since or time.perf_counter()
-            window_end = ready_since + min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3
-            wait_s = window_end - time.perf_counter()
-            if wait_s > 0 and self._due_back_before(window_end):
+            wait_until = self._gather_until(ready_since)
+            if wait_until > time.perf_counter():
                 try:
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    await asyncio.wait_for(self._wake.wait(), wait_until - time.perf_counter())
                 except TimeoutError:
                     self._wake.set()
                 continue
             gathered_since, ready_since = ready_since, None
+            self._back.clear()
             start = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self._step)
@@ -135,9 +142,22 @@ class EngineLoop:
                     self._ready[key] = (result, elapsed_ms)
             self._wake.set()  # more may be ready already; an idle engine just goes back to waiting
 
+    def _gather_until(self, ready_since: float) -> float:
+        """When to step, for work ready since `ready_since`: now (0.0), or later to let sessions join."""
+        soon = ready_since + min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3
+        if time.perf_counter() < soon and self._due_back_before(soon):
+            return soon
+        later = ready_since + min(self.step_latency_ms, self.max_batch_wait_ms) / 1e3
+        return later if self._too_few_back(later) else 0.0
+
     def _due_back_before(self, when: float) -> bool:
         """Is a session expected back by `when`? (One never timed yet is assumed to be.)"""
         return any(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
+
+    def _too_few_back(self, when: float) -> bool:
+        """Would this step carry less than `min_batch_fraction` of the sessions back or due back by `when`?"""
+        due = sum(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
+        return len(self._back) < self.min_batch_fraction * (len(self._back) + due)
 
     def _apply_ops(self) -> None:
         ops, self._ops = self._ops, []
