@@ -4,7 +4,8 @@
     python benchmarks/bench_services.py --rounds 3 --policies fixed:4
 
 Same bundled pair, same held-out prompts, same policy, greedy, 128 new tokens. The in-process engine
-runs each batch of `concurrency` prompts in one `generate` call (2 torch threads); the service path
+runs each batch of `concurrency` prompts in one `generate` call, on 2 torch threads (the target) and
+again on 1 (what each model process has: the part of the gap that is the core split); the service path
 runs `concurrency` concurrent streams through `adaspec.AsyncClient` against `adaspec up`'s stack on
 loopback (one verify and one draft process, one torch thread each: the same two cores). Rounds
 alternate the two paths. Per-step overhead is a request's wall time per verification step over the
@@ -21,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from adaspec import AsyncClient, Engine, SamplingParams
@@ -30,11 +32,16 @@ from bench_engine import held_out_prompts  # noqa: E402 (the script directory is
 OUT_DIR = Path(__file__).resolve().parent / "results"
 
 
-def run_engine(engine: Engine, prompts: list[list[int]], policy: str, new_tokens: int) -> dict:
+def run_engine(engine: Engine, prompts: list[list[int]], policy: str, new_tokens: int, threads: int) -> dict:
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params, policy=policy)
-    seconds = time.perf_counter() - start
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params, policy=policy)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(default_threads)
     steps = max(o.stats["steps"] for o in outs) + 1  # the batch steps together; +1 for the prefill step
     return {"seconds": seconds, "tokens": sum(len(o.token_ids) for o in outs), "ms_per_step": seconds * 1e3 / steps,
             "token_ids": [o.token_ids for o in outs]}
@@ -71,42 +78,50 @@ def main() -> None:
     engine = Engine()
     prompts = held_out_prompts(engine.tokenizer, max(args.concurrency), args.prompt_tokens)
     cases = [(c, p) for c in args.concurrency for p in args.policies]
-    samples = {(c, p, path): [] for c, p in cases for path in ("engine", "service")}
+    paths = ("engine", "engine_1t", "service")
+    engine_threads = torch.get_num_threads()
+    samples = {(c, p, path): [] for c, p in cases for path in paths}
     with Stack(StackConfig(threads=args.threads)) as stack:
         asyncio.run(run_service(stack.address, prompts[:2], "fixed:4", 8))  # warm-up
-        run_engine(engine, prompts[:2], "fixed:4", 8)
-        with tqdm(total=args.rounds * len(cases) * 2, desc="bench services", unit="run") as bar:
+        run_engine(engine, prompts[:2], "fixed:4", 8, engine_threads)
+        with tqdm(total=args.rounds * len(cases) * len(paths), desc="bench services", unit="run") as bar:
             for _ in range(args.rounds):
                 for c, policy in cases:
                     batch = prompts[:c]
                     ours = asyncio.run(run_service(stack.address, batch, policy, args.new_tokens))
                     bar.update()
-                    theirs = run_engine(engine, batch, policy, args.new_tokens)
+                    theirs = run_engine(engine, batch, policy, args.new_tokens, engine_threads)
+                    bar.update()
+                    one_core = run_engine(engine, batch, policy, args.new_tokens, 1)
                     bar.update()
                     assert ours.pop("token_ids") == theirs.pop("token_ids"), "service output differs from the engine"
+                    one_core.pop("token_ids")
                     samples[(c, policy, "service")].append(ours)
                     samples[(c, policy, "engine")].append(theirs)
+                    samples[(c, policy, "engine_1t")].append(one_core)
 
     rows = []
     for c, policy in cases:
         med = {path: {key: statistics.median(s[key] for s in samples[(c, policy, path)])
-                      for key in ("seconds", "tokens", "ms_per_step")} for path in ("engine", "service")}
+                      for key in ("seconds", "tokens", "ms_per_step")} for path in paths}
         engine_tps = med["engine"]["tokens"] / med["engine"]["seconds"]
+        one_core_tps = med["engine_1t"]["tokens"] / med["engine_1t"]["seconds"]
         service_tps = med["service"]["tokens"] / med["service"]["seconds"]
         rows.append({
-            "concurrency": c, "policy": policy, "engine_tok_s": engine_tps, "service_tok_s": service_tps,
-            "ratio": service_tps / engine_tps, "engine_ms_per_step": med["engine"]["ms_per_step"],
+            "concurrency": c, "policy": policy, "engine_threads": engine_threads, "engine_tok_s": engine_tps,
+            "engine_1t_tok_s": one_core_tps, "service_tok_s": service_tps, "ratio": service_tps / engine_tps,
+            "ratio_1t": service_tps / one_core_tps, "engine_ms_per_step": med["engine"]["ms_per_step"],
             "service_ms_per_step": med["service"]["ms_per_step"],
             "overhead_ms_per_step": med["service"]["ms_per_step"] - med["engine"]["ms_per_step"],
         })
 
-    header = f"{'conc':>4} {'policy':<8} {'engine tok/s':>12} {'service tok/s':>13} {'ratio':>6} " \
-             f"{'engine ms/step':>14} {'service ms/step':>15} {'overhead ms':>11}"
+    header = f"{'conc':>4} {'policy':<8} {'engine tok/s':>12} {'1-core engine':>13} {'service tok/s':>13} " \
+             f"{'ratio':>6} {'vs 1-core':>9} {'engine ms/step':>14} {'service ms/step':>15} {'overhead ms':>11}"
     print(header)
     for r in rows:
-        print(f"{r['concurrency']:>4} {r['policy']:<8} {r['engine_tok_s']:>12.1f} {r['service_tok_s']:>13.1f} "
-              f"{r['ratio']:>5.2f}x {r['engine_ms_per_step']:>14.2f} {r['service_ms_per_step']:>15.2f} "
-              f"{r['overhead_ms_per_step']:>11.2f}")
+        print(f"{r['concurrency']:>4} {r['policy']:<8} {r['engine_tok_s']:>12.1f} {r['engine_1t_tok_s']:>13.1f} "
+              f"{r['service_tok_s']:>13.1f} {r['ratio']:>5.2f}x {r['ratio_1t']:>8.2f}x "
+              f"{r['engine_ms_per_step']:>14.2f} {r['service_ms_per_step']:>15.2f} {r['overhead_ms_per_step']:>11.2f}")
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / "services.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     plot(rows, OUT_DIR / "services.png")
@@ -122,10 +137,12 @@ def plot(rows: list[dict], path: Path) -> None:
     labels = [f"{r['policy']}\nconc {r['concurrency']}" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    ax.bar([i - 0.2 for i in x], [r["engine_tok_s"] for r in rows], 0.4, label="in-process engine")
-    ax.bar([i + 0.2 for i in x], [r["service_tok_s"] for r in rows], 0.4, label="service path (gRPC)")
+    engine_label = f"in-process engine ({rows[0]['engine_threads']} threads)"
+    ax.bar([i - 0.27 for i in x], [r["engine_tok_s"] for r in rows], 0.27, label=engine_label)
+    ax.bar(list(x), [r["engine_1t_tok_s"] for r in rows], 0.27, label="in-process engine (1 thread)")
+    ax.bar([i + 0.27 for i in x], [r["service_tok_s"] for r in rows], 0.27, label="service path (gRPC)")
     for i, r in enumerate(rows):
-        ax.annotate(f"{r['ratio']:.2f}x", (i + 0.2, r["service_tok_s"]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{r['ratio']:.2f}x", (i + 0.27, r["service_tok_s"]), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("output tokens/s")
     ax.set_title("Service path vs in-process engine (bundled pair, greedy, CPU)")
