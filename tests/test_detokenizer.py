@@ -87,3 +87,19 @@ def test_streaming_holds_back_a_possible_stop_string(tokenizer):
         released += stream.add([token], finished=False)
         assert not released.endswith((" ", " S", " ST", " STO")), "a prefix of the stop string went out"
     assert released == full[: full.index(" STOP")] == "alpha beta"
+
+
+def test_a_resumed_stream_releases_exactly_the_rest(tokenizer):
+    """A session resumes a stream another one started (after a replica failure): what the first released
+    plus what the second releases is the whole text, held-back stop prefix included."""
+    ids = tokenizer("alpha beta ST and more text", add_special_tokens=False)["input_ids"]
+    full = tokenizer.decode(ids)
+    cut = next(i for i in range(1, len(ids)) if tokenizer.decode(ids[:i]).endswith(" ST"))
+    first = StreamingDetokenizer(tokenizer, stop=[" STOP"])
+    released = "".join(first.add([t], finished=False) for t in ids[:cut])
+    assert released == "alpha beta", "the stop prefix is held back"
+    second = StreamingDetokenizer(tokenizer, stop=[" STOP"])
+    second.resume(ids[:cut], chars_sent=len(released))
+    released += "".join(second.add([t], finished=False) for t in ids[cut:-1])
+    released += second.add(ids[-1:], finished=True)
+    assert released == full

@@ -367,7 +367,8 @@ def test_dispatch(monkeypatch):
 def test_kernels_in_interpreter_subprocess(request):
     """Run this module again with TRITON_INTERPRET=1 set from the start (see the module docstring)."""
     # --noconftest: the shared conftest's fixtures are not used here, and it imports transformers (~7 s)
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--noconftest"]
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+               "--noconftest"]
     if request.config.getoption("markexpr"):
         command += ["-m", request.config.getoption("markexpr")]
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -60,7 +60,8 @@ def test_sampled_draft_equal_to_target_is_always_accepted():
     torch.manual_seed(0)
     vocab, k, batch = 50, 4, 64
     logits = torch.randn(batch * (k + 1), vocab)
-    p = processed_probs(logits, torch.ones(len(logits)), torch.zeros(len(logits), dtype=torch.long), torch.ones(len(logits)))
+    n = len(logits)
+    p = processed_probs(logits, torch.ones(n), torch.zeros(n, dtype=torch.long), torch.ones(n))
     rows = torch.arange(batch * (k + 1)).view(batch, k + 1)[:, :k].flatten()
     topk_probs, topk_ids = p[rows].topk(vocab)  # K = vocab: the sparse q is exact
     drafts = torch.multinomial(p[rows], 1)[:, 0].tolist()

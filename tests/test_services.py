@@ -168,15 +168,21 @@ def test_client_deadline_is_honoured_end_to_end(stack):
     wait_for_baseline(stack, baseline)
 
 
-def test_killed_verify_replica_fails_its_requests_cleanly_and_leaves_the_store(stack, redis):
+def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(stack, redis, bundled_engine):
+    """The request resumes on the other replica with its committed tokens: greedy output and text are the
+    same as if nothing had happened."""
+    prompt = "import sys\n"
+    expected = bundled_engine.generate([prompt], SamplingParams(max_tokens=300, temperature=0, ignore_eos=True))[0]
     with Client(stack.address, max_retries=0) as client:
-        stream = client.stream("import sys\n", max_tokens=2000, temperature=0, ignore_eos=True, policy="fixed:4")
-        next(stream)
+        stream = client.stream(prompt, max_tokens=300, temperature=0, ignore_eos=True, policy="fixed:4")
+        chunks = [next(stream)]
         victim = next(n for n in ("verify-0", "verify-1") if replica_load(stack, n).sessions == 1)
         stack.kill(victim)
-        with pytest.raises(Unavailable, match=victim):
-            for _ in stream:
-                pass
+        chunks += list(stream)
+        stats = chunks[-1].stats
+        assert [t for c in chunks for t in c.token_ids] == expected.token_ids
+        assert "".join(c.text for c in chunks) == expected.text
+        assert stats.verify_resumes == 1 and stats.verify_replica not in ("", victim)
         after = client.generate("def f(x):", max_tokens=8, temperature=0)
         assert after.finish_reason and after.stats.verify_replica != victim
 
@@ -240,7 +246,13 @@ def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundl
     assert [t for c in chunks for t in c.token_ids] == expected.token_ids
 
 
-def test_no_verify_replica_gets_unavailable(small_stack):
-    small_stack.kill("verify-0")
-    with Client(small_stack.address, max_retries=0) as client, pytest.raises(Unavailable):
-        client.generate("def f():", max_tokens=4)
+def test_the_last_verify_replica_failing_mid_stream_gets_unavailable_naming_it(small_stack):
+    with Client(small_stack.address, max_retries=0) as client:
+        stream = client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none")
+        next(stream)
+        small_stack.kill("verify-0")
+        with pytest.raises(Unavailable, match="verify-0"):
+            for _ in stream:
+                pass
+        with pytest.raises(Unavailable):
+            client.generate("def f():", max_tokens=4)

@@ -33,6 +33,7 @@ class RequestStats:
     verify_replica: str
     draft_replica: str  # empty when the request ran without a draft
     slo_met: bool
+    verify_resumes: int = 0  # verify replicas that failed mid-request and were replaced
 
     @classmethod
     def from_proto(cls, stats: coordinator_pb2.RequestStats) -> RequestStats:
@@ -42,6 +43,7 @@ class RequestStats:
             steps=stats.steps, draft_tokens=stats.draft_tokens, accepted_tokens=stats.accepted_tokens,
             acceptance_rate=stats.acceptance_rate, mean_k=stats.mean_k, policy=stats.policy,
             verify_replica=stats.verify_replica, draft_replica=stats.draft_replica, slo_met=stats.slo_met,
+            verify_resumes=stats.verify_resumes,
         )
 
 

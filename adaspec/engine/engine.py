@@ -100,9 +100,14 @@ class Engine:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def add_request(self, prompt: Prompt, params: SamplingParams, policy: str | Policy = "fixed:4") -> int:
-        """Validate and queue one request; returns its id. Raises ValueError or KVCacheExhausted."""
-        seq = self._new_sequence(prompt, params, policy)
+    def add_request(self, prompt: Prompt, params: SamplingParams, policy: str | Policy = "fixed:4",
+                    resume_output: Seq[int] = ()) -> int:
+        """Validate and queue one request; returns its id. Raises ValueError or KVCacheExhausted.
+
+        `resume_output`: tokens the request already generated elsewhere (a replica that failed). They are
+        prefilled after the prompt and count toward max_tokens and stop strings, so the request goes on
+        as from that point: greedy exactly as it would have there, sampled with the same distribution."""
+        seq = self._new_sequence(prompt, params, policy, resume_output)
         self._check_fits(seq)
         self._sequences[seq.seq_id] = seq
         self.scheduler.add(seq)
@@ -294,7 +299,8 @@ class Engine:
 
     # ---- setup and checks -----------------------------------------------------------------------
 
-    def _new_sequence(self, prompt: Prompt, params: SamplingParams, policy: str | Policy) -> Sequence:
+    def _new_sequence(self, prompt: Prompt, params: SamplingParams, policy: str | Policy,
+                      resume_output: Seq[int] = ()) -> Sequence:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         policy = make_policy(policy, self.max_spec_len)
@@ -320,7 +326,21 @@ class Engine:
         seq = Sequence(next(self._ids), prompt_ids, params, seed, policy)
         if params.stop:
             seq.output_text = IncrementalDetokenizer(self.tokenizer)
+        if resume_output:
+            self._resume(seq, list(resume_output))
         return seq
+
+    def _resume(self, seq: Sequence, output_ids: list[int]) -> None:
+        bad = [t for t in output_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
+        if bad:
+            raise ValueError(f"resumed output token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
+        if len(output_ids) >= seq.params.max_tokens or len(seq.token_ids) + len(output_ids) >= self.max_model_len:
+            raise ValueError(f"resumed output of {len(output_ids)} tokens leaves nothing to generate "
+                             f"(max_tokens {seq.params.max_tokens}, context {self.max_model_len})")
+        seq.token_ids += output_ids
+        if seq.output_text is not None:
+            seq.output_text.add(output_ids)
+            seq.stop_scan_from = len(seq.output_text.text)
 
     def _reserve_tokens(self, seq: Sequence) -> int:
         final_len = min(seq.num_prompt_tokens + seq.params.max_tokens, self.max_model_len)

@@ -52,9 +52,10 @@ class VerifyEngine(Engine):
         self._proposals: dict[int, Proposal] = {}
         self._external = ExternalDrafts()
 
-    def open(self, prompt: Prompt, params: SamplingParams) -> Sequence:
-        """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted."""
-        return self._sequences[self.add_request(prompt, params, self._external)]
+    def open(self, prompt: Prompt, params: SamplingParams, resume_output: list[int] = ()) -> Sequence:
+        """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted.
+        `resume_output`: see `Engine.add_request`."""
+        return self._sequences[self.add_request(prompt, params, self._external, resume_output)]
 
     def max_draft_tokens(self, seq_id: int) -> int:
         """The most drafts the session's next step may bring: max_spec_len, capped by the tokens left."""

@@ -16,6 +16,12 @@ class StreamingDetokenizer:
         self.stop = stop
         self.sent = 0  # characters of the output text already released
 
+    def resume(self, token_ids: list[int], chars_sent: int) -> None:
+        """Continue a stream another session started: `token_ids` already generated, `chars_sent` of their
+        text already released."""
+        self.output.add(token_ids)
+        self.sent = chars_sent
+
     def add(self, token_ids: list[int], finished: bool, stop_text_index: int | None = None) -> str:
         """Append committed tokens; return the newly final text."""
         self.output.add(token_ids)

@@ -8,6 +8,9 @@
 
 The draft is an accelerator, never a dependency: if its replica is full, fails or falls behind the
 context, the request goes on at k = 0 (still exact: every token comes from the verify pool).
+A verify replica that becomes unavailable mid-request is replaced: the request reopens on another
+replica with the tokens committed so far and goes on from there, still lossless (greedy output is the
+same token for token; sampled output keeps the target's distribution). The failed step's drafts are dropped.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class Counters:
     first_token: float | None = None
     prompt_tokens: int = 0
     output_tokens: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    text_chars: int = 0  # output text streamed so far, in code points
+    resumed: int = 0  # verify replicas replaced mid-request
     steps: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
@@ -99,12 +105,15 @@ class RequestRun:
         self.counters = Counters()
         self.verify: Session | None = None
         self.draft: Session | None = None
+        self.failed_verify: set[str] = set()  # verify replicas that failed or refused this request
+        self.prompt_token_ids: list[int] = []
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
         ok = False
         try:
             reply = await self.open_verify()
-            self.counters.prompt_tokens = len(reply.prompt_token_ids)
+            self.prompt_token_ids = list(reply.prompt_token_ids)
+            self.counters.prompt_tokens = len(self.prompt_token_ids)
             yield self.stream(reply)
             if self.spec.policy.uses_draft and not reply.finish_reason:
                 await self.open_draft(list(reply.prompt_token_ids))
@@ -121,14 +130,18 @@ class RequestRun:
     # ---- steps ----------------------------------------------------------------------------------
 
     async def open_verify(self) -> verify_pb2.VerifyResponse:
-        """Prefill on the least-loaded verify replica; before any token exists, a failed replica is retried."""
-        spec, tried = self.spec, set()
+        """Prefill on the least-loaded verify replica that has not failed or refused this request (one that
+        fails now is skipped too); with tokens already committed, the session resumes after them."""
+        spec, c, tried = self.spec, self.counters, self.failed_verify
         open_message = verify_pb2.VerifyRequest(
             open=verify_pb2.VerifyOpen(request_id=spec.request_id, params=params_to_proto(spec.params),
-                                       seed=spec.params.seed),
+                                       seed=spec.params.seed, output_token_ids=c.output_ids,
+                                       output_chars_sent=c.text_chars),
             traceparent=spec.traceparent,
         )
-        if isinstance(spec.prompt, str):
+        if c.output_ids:  # a resumed session takes the prompt as tokenised by the first replica
+            open_message.open.prompt_token_ids[:] = self.prompt_token_ids
+        elif isinstance(spec.prompt, str):
             open_message.open.prompt = spec.prompt
         else:
             open_message.open.prompt_token_ids[:] = spec.prompt
@@ -184,11 +197,33 @@ class RequestRun:
             replica = self.verify.replica
             if error.code() not in PASS_THROUGH and error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.router.mark_failed(replica)
-            raise RequestFailed(downstream_status(error, replica, self.counters.output_tokens)) from error
+            if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise RequestFailed(downstream_status(error, replica, self.counters.output_tokens)) from error
+            return await self.resume_verify(error)
         c = self.counters
         c.steps += 1
         c.draft_tokens += len(drafts.token_ids)
         c.accepted_tokens += reply.num_accepted
+        return reply
+
+    async def resume_verify(self, failure: grpc.aio.AioRpcError) -> verify_pb2.VerifyResponse:
+        """The verify replica became unavailable mid-request: reopen on another with the committed tokens.
+        The reply is the resumed session's first token (no drafts accepted: the failed step's are dropped)."""
+        failed = self.verify.replica
+        await self.verify.close(ok=False)
+        self.verify = None
+        self.failed_verify.add(failed.replica_id)
+        log.warning("verify replica failed mid-request; resuming on another",
+                    extra={"request_id": self.spec.request_id, "replica": failed.replica_id,
+                           "tokens": self.counters.output_tokens, "code": failure.code().name})
+        try:
+            reply = await self.open_verify()
+        except RequestFailed as error:
+            if error.status.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise
+            # no replica to go on with: report the failure itself
+            raise RequestFailed(downstream_status(failure, failed, self.counters.output_tokens)) from failure
+        self.counters.resumed += 1
         return reply
 
     def stream(self, reply: verify_pb2.VerifyResponse) -> coordinator_pb2.GenerateResponse:
@@ -196,6 +231,8 @@ class RequestRun:
         if c.first_token is None:
             c.first_token = time.perf_counter()
         c.output_tokens += len(reply.token_ids)
+        c.output_ids += reply.token_ids
+        c.text_chars += len(reply.text)
         message = coordinator_pb2.GenerateResponse(token_ids=reply.token_ids, text=reply.text)
         if reply.finish_reason:
             message.finish_reason = reply.finish_reason
@@ -241,6 +278,7 @@ class RequestRun:
             mean_k=c.draft_tokens / c.steps if c.steps else 0.0, policy=str(spec.policy),
             verify_replica=self.verify.replica.replica_id if self.verify else "",
             draft_replica=self.draft.replica.replica_id if self.draft else "", slo_met=slo_met,
+            verify_resumes=c.resumed,
         )
 
 

@@ -56,6 +56,8 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             seq = await self._open(first.open, context)
             seq_id = seq.seq_id
             text = StreamingDetokenizer(self.engine.tokenizer, seq.params.stop)
+            if first.open.output_token_ids:
+                text.resume(list(first.open.output_token_ids), first.open.output_chars_sent)
             reply = await self._next_reply(seq, text, time.perf_counter())
             reply.prompt_token_ids[:] = seq.token_ids[: seq.num_prompt_tokens]
             yield reply
@@ -91,7 +93,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 raise ValueError(f"SamplingParams.max_tokens must be below the context of "
                                  f"{self.engine.max_model_len} tokens, got {params.max_tokens}")
             prompt = msg.prompt or list(msg.prompt_token_ids)
-            return await self.loop.call(lambda: self.engine.open(prompt, params))
+            return await self.loop.call(lambda: self.engine.open(prompt, params, list(msg.output_token_ids)))
         except ValueError as error:
             await context.abort_with_status(invalid_argument_from(error, "prompt"))
         except KVCacheExhausted as error:
