@@ -52,7 +52,7 @@ class VerifyEngine(Engine):
         self._proposals: dict[int, Proposal] = {}
         self._external = ExternalDrafts()
 
-    def open(self, prompt: Prompt, params: SamplingParams, resume_output: list[int] = ()) -> Sequence:
+    def open(self, prompt: Prompt, params: SamplingParams, resume_output: tuple[int, ...] | list[int] = ()) -> Sequence:
         """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted.
         `resume_output`: see `Engine.add_request`."""
         return self._sequences[self.add_request(prompt, params, self._external, resume_output)]
