@@ -37,9 +37,8 @@ __all__ = [
     "from_rpc_error",
     "invalid_argument_from",
     "rich_status",
+    "rich_status_of",
 ]
-
-_DETAILS_KEY = "grpc-status-details-bin"
 
 # The google.rpc detail messages we decode; anything else stays a packed `Any`.
 _DETAIL_TYPES: tuple[type[Message], ...] = (
@@ -161,7 +160,7 @@ def from_rpc_error(error: grpc.RpcError) -> AdaSpecError:
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     message = _call(error, "details") or ""
-    status = _rich_status_of(error)
+    status = rich_status_of(error)
     if status is None:
         return error_for(code, message)
     if status.code != code_pb2.OK:
@@ -179,13 +178,14 @@ def _call(error: object, name: str) -> Any:
         return None
 
 
-def _rich_status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+def rich_status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The `google.rpc.Status` a failed call carried in its `grpc-status-details-bin` trailer, or None."""
     try:  # grpcio-status's reference parser; it insists that code and message agree with the call's
         return rpc_status.from_call(error)
     except (ValueError, DecodeError, AttributeError, TypeError):
         pass
     for key, value in _call(error, "trailing_metadata") or ():  # tolerant fallback
-        if key == _DETAILS_KEY and isinstance(value, bytes):
+        if key == rpc_status.GRPC_DETAILS_METADATA_KEY and isinstance(value, bytes):
             try:
                 return status_pb2.Status.FromString(value)
             except DecodeError:

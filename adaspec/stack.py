@@ -12,7 +12,6 @@ import asyncio
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaspec.loadstore import RedisServer
+from adaspec.loadstore.redis_server import free_port
 from adaspec.serving.server import wait_until_serving
 
 PR_SET_PDEATHSIG = 1
@@ -169,11 +169,6 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         pass
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 40) -> str:

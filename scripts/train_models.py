@@ -19,9 +19,9 @@ The script ends by measuring held-out acceptance and writes `models/TRAINING.jso
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -31,21 +31,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adaspec.workload.prompts import corpus_split  # noqa: E402
+
 SPECIAL = "<|endoftext|>"
-EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "encodings", "lib2to3", "idlelib"}
-
-
-def corpus_files() -> tuple[list[Path], list[Path]]:
-    """The standard library's source files, split ~97/3 into train and held-out by path hash."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    train, held_out = [], []
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib)
-        if EXCLUDED_DIRS.intersection(rel.parts[:-1]) or rel.name.startswith("test_"):
-            continue
-        bucket = int(hashlib.sha256(str(rel).encode()).hexdigest(), 16) % 100
-        (held_out if bucket < 3 else train).append(path)
-    return train, held_out
 
 
 def read_texts(paths: list[Path]) -> list[str]:
@@ -229,7 +219,7 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    train_files, held_out_files = corpus_files()
+    train_files, held_out_files = corpus_split()
     train_texts, held_out_texts = read_texts(train_files), read_texts(held_out_files)
     print(f"corpus: {len(train_texts)} train files ({sum(map(len, train_texts)) / 1e6:.1f} MB), "
           f"{len(held_out_texts)} held-out files")

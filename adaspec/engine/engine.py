@@ -314,9 +314,7 @@ class Engine:
             prompt_ids = list(prompt)
             if not prompt_ids:
                 raise ValueError("prompt is empty")
-            bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
+            self._check_token_ids(prompt_ids, "prompt")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt has {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens and the prompt "
@@ -330,10 +328,13 @@ class Engine:
             self._resume(seq, list(resume_output))
         return seq
 
-    def _resume(self, seq: Sequence, output_ids: list[int]) -> None:
-        bad = [t for t in output_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
+    def _check_token_ids(self, token_ids: list[int], what: str) -> None:
+        bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
         if bad:
-            raise ValueError(f"resumed output token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
+            raise ValueError(f"{what} token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
+
+    def _resume(self, seq: Sequence, output_ids: list[int]) -> None:
+        self._check_token_ids(output_ids, "resumed output")
         if len(output_ids) >= seq.params.max_tokens or len(seq.token_ids) + len(output_ids) >= self.max_model_len:
             raise ValueError(f"resumed output of {len(output_ids)} tokens leaves nothing to generate "
                              f"(max_tokens {seq.params.max_tokens}, context {self.max_model_len})")

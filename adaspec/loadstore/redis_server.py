@@ -22,9 +22,10 @@ class RedisServerError(RuntimeError):
     """The local redis-server could not be started (missing binary, crash, no PING answer)."""
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free on `host` a moment ago (the caller binds it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -75,7 +76,7 @@ class RedisServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="adaspec-redis-")
         last_log, why = "", ""
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             log = open(Path(self._tmp.name) / "redis.log", "wb")
             self._proc = subprocess.Popen(
                 [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -145,19 +145,16 @@ class EngineLoop:
     def _gather_until(self, ready_since: float) -> float:
         """When to step, for work ready since `ready_since`: now (0.0), or later to let sessions join."""
         soon = ready_since + min(self.gather_fraction * self.step_latency_ms, self.max_wait_ms) / 1e3
-        if time.perf_counter() < soon and self._due_back_before(soon):
+        if time.perf_counter() < soon and self._due_back_by(soon):
             return soon
         later = ready_since + min(self.step_latency_ms, self.max_batch_wait_ms) / 1e3
-        return later if self._too_few_back(later) else 0.0
+        # too few back: this step would carry less than `min_batch_fraction` of those back or due back
+        too_few = len(self._back) < self.min_batch_fraction * (len(self._back) + self._due_back_by(later))
+        return later if too_few else 0.0
 
-    def _due_back_before(self, when: float) -> bool:
-        """Is a session expected back by `when`? (One never timed yet is assumed to be.)"""
-        return any(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
-
-    def _too_few_back(self, when: float) -> bool:
-        """Would this step carry less than `min_batch_fraction` of the sessions back or due back by `when`?"""
-        due = sum(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
-        return len(self._back) < self.min_batch_fraction * (len(self._back) + due)
+    def _due_back_by(self, when: float) -> int:
+        """Sessions out that are expected back by `when` (one never timed yet is assumed to be)."""
+        return sum(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
 
     def _apply_ops(self) -> None:
         ops, self._ops = self._ops, []

@@ -1,9 +1,8 @@
 """Prompt text for the bundled models: Python source from the standard library files held out from training.
 
-The bundled pair was trained on the standard library's `.py` files minus ~3 % held out by path hash
-(`scripts/train_models.py`). `held_out_files` applies the same rule; it is reimplemented here because that
-script imports torch at module level. Keep the two in step (`models/TRAINING.json` lists the held-out files
-of the trained pair, which the tests compare against).
+The bundled pair was trained on the standard library's `.py` files minus ~3 % held out by path hash.
+`corpus_split` is that rule, here (torch-free) so that `scripts/train_models.py` and the demo share it
+(`models/TRAINING.json` lists the held-out files of the trained pair, which the tests compare against).
 """
 
 from __future__ import annotations
@@ -21,17 +20,24 @@ HELD_OUT_PERCENT = 3
 _STARTS = ("def ", "class ", "@", "import ", "    def ", "    @")
 
 
-def held_out_files() -> list[Path]:
-    """The stdlib files `scripts/train_models.py:corpus_files` holds out (bucket = sha256(relative path) % 100 < 3)."""
+def corpus_split() -> tuple[list[Path], list[Path]]:
+    """The standard library's source files, split ~97/3 into (train, held out) by a hash of their path
+    (bucket = sha256(relative path) % 100 < 3 is held out), so the split is the same on every machine
+    with the same Python. Site-packages, tests, encodings, lib2to3 and idlelib are left out."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    held_out = []
+    train, held_out = [], []
     for path in sorted(stdlib.rglob("*.py")):
         rel = path.relative_to(stdlib)
         if EXCLUDED_DIRS.intersection(rel.parts[:-1]) or rel.name.startswith("test_"):
             continue
-        if int(hashlib.sha256(str(rel).encode()).hexdigest(), 16) % 100 < HELD_OUT_PERCENT:
-            held_out.append(path)
-    return held_out
+        bucket = int(hashlib.sha256(str(rel).encode()).hexdigest(), 16) % 100
+        (held_out if bucket < HELD_OUT_PERCENT else train).append(path)
+    return train, held_out
+
+
+def held_out_files() -> list[Path]:
+    """The stdlib files the bundled pair never trained on (`corpus_split`)."""
+    return corpus_split()[1]
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,10 +22,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from adaspec.errors import rich_status
+from adaspec.errors import rich_status, rich_status_of
 from adaspec.loadstore import ReplicaLoad
 from adaspec.policy import Policy
 from adaspec.sampling_params import SamplingParams
@@ -59,14 +58,17 @@ class RequestSpec:
 class Counters:
     start: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
-    prompt_tokens: int = 0
-    output_tokens: int = 0
+    prompt_token_ids: list[int] = field(default_factory=list)  # as the verify pool tokenised the prompt
     output_ids: list[int] = field(default_factory=list)
     text_chars: int = 0  # output text streamed so far, in code points
     resumed: int = 0  # verify replicas replaced mid-request
     steps: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.output_ids)
 
 
 class Session:
@@ -106,17 +108,15 @@ class RequestRun:
         self.verify: Session | None = None
         self.draft: Session | None = None
         self.failed_verify: set[str] = set()  # verify replicas that failed or refused this request
-        self.prompt_token_ids: list[int] = []
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
         ok = False
         try:
             reply = await self.open_verify()
-            self.prompt_token_ids = list(reply.prompt_token_ids)
-            self.counters.prompt_tokens = len(self.prompt_token_ids)
+            self.counters.prompt_token_ids = list(reply.prompt_token_ids)
             yield self.stream(reply)
             if self.spec.policy.uses_draft and not reply.finish_reason:
-                await self.open_draft(list(reply.prompt_token_ids))
+                await self.open_draft(self.counters.prompt_token_ids)
             while not reply.finish_reason:
                 drafts = await self.propose(reply)
                 reply = await self.verify_step(drafts)
@@ -140,7 +140,7 @@ class RequestRun:
             traceparent=spec.traceparent,
         )
         if c.output_ids:  # a resumed session takes the prompt as tokenised by the first replica
-            open_message.open.prompt_token_ids[:] = self.prompt_token_ids
+            open_message.open.prompt_token_ids[:] = c.prompt_token_ids
         elif isinstance(spec.prompt, str):
             open_message.open.prompt = spec.prompt
         else:
@@ -230,7 +230,6 @@ class RequestRun:
         c = self.counters
         if c.first_token is None:
             c.first_token = time.perf_counter()
-        c.output_tokens += len(reply.token_ids)
         c.output_ids += reply.token_ids
         c.text_chars += len(reply.text)
         message = coordinator_pb2.GenerateResponse(token_ids=reply.token_ids, text=reply.text)
@@ -271,7 +270,7 @@ class RequestRun:
         slo_met = (spec.slo_ttft_ms is None or ttft_ms <= spec.slo_ttft_ms) and (
             spec.slo_tpot_ms is None or c.output_tokens < 2 or tpot_ms <= spec.slo_tpot_ms)
         return coordinator_pb2.RequestStats(
-            request_id=spec.request_id, prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens,
+            request_id=spec.request_id, prompt_tokens=len(c.prompt_token_ids), output_tokens=c.output_tokens,
             ttft_ms=ttft_ms, tpot_ms=tpot_ms, steps=c.steps, draft_tokens=c.draft_tokens,
             accepted_tokens=c.accepted_tokens,
             acceptance_rate=c.accepted_tokens / c.draft_tokens if c.draft_tokens else 0.0,
@@ -287,10 +286,8 @@ def downstream_status(error: grpc.aio.AioRpcError, replica: ReplicaLoad, tokens_
     details; a replica that failed becomes UNAVAILABLE naming it and how far the request got."""
     code = error.code()
     if code in PASS_THROUGH or code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        for key, value in error.trailing_metadata() or ():
-            if key == rpc_status.GRPC_DETAILS_METADATA_KEY:
-                return rpc_status.to_status(status_pb2.Status.FromString(value))
-        return rich_status(code, error.details() or code.name)
+        status = rich_status_of(error)
+        return rpc_status.to_status(status) if status is not None else rich_status(code, error.details() or code.name)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return rich_status(code, f"deadline exceeded after {tokens_sent} tokens")
     return rich_status(grpc.StatusCode.UNAVAILABLE,

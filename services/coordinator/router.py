@@ -8,6 +8,7 @@ and expires by itself if this coordinator dies holding it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from adaspec.loadstore import LoadStore, ReplicaLoad
@@ -32,7 +33,8 @@ class Router:
                 if r.replica_id not in exclude and self._suspect_until.get(r.replica_id, 0.0) <= now]
         if not live:
             raise NoReplica(f"no live {kind} replica")
-        loads = {r.replica_id: await self.store.reservations(r.replica_id) for r in live}
+        counts = await asyncio.gather(*(self.store.reservations(r.replica_id) for r in live))  # concurrently
+        loads = {r.replica_id: n for r, n in zip(live, counts)}
         ranked = sorted(live, key=lambda r: (loads[r.replica_id] / max(r.max_sessions, 1), r.queued_tokens,
                                              r.step_latency_ms, r.replica_id))
         for replica in ranked:
