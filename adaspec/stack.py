@@ -56,7 +56,8 @@ class Stack:
     def __init__(self, config: StackConfig | None = None):
         self.config = config or StackConfig()
         self.processes: dict[str, Process] = {}
-        self.killed: set[str] = set()
+        self.killed: set[str] = set()  # by `kill` (fault tests)
+        self.overstayed: set[str] = set()  # SIGKILLed by `stop`
         self.redis: RedisServer | None = None
         self.redis_url: str | None = None
         self.log_dir = Path(self.config.log_dir or tempfile.mkdtemp(prefix="adaspec-stack-"))
@@ -135,7 +136,9 @@ class Stack:
         process.popen.wait()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the coordinator first (it drains requests), then the replicas; SIGKILL what does not exit."""
+        """SIGTERM the coordinator first (it drains requests), then the replicas. A process still running
+        after `timeout_s` (above the services' 10 s grace) writes its threads' stacks to its log, then is
+        SIGKILLed."""
         order = sorted(self.processes.values(), key=lambda p: p.name != "coordinator")
         for process in order:
             if process.popen.poll() is None:
@@ -145,8 +148,11 @@ class Stack:
             try:
                 process.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                process.popen.send_signal(signal.SIGUSR1)
+                time.sleep(0.5)
                 process.popen.kill()
                 process.popen.wait()
+                self.overstayed.add(process.name)
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
@@ -154,6 +160,15 @@ class Stack:
     def exit_codes(self) -> dict[str, int | None]:
         """Exit codes of the processes that were not killed (0 after a graceful `stop`)."""
         return {n: p.popen.returncode for n, p in self.processes.items() if n not in self.killed}
+
+    def exit_report(self) -> str:
+        """Why processes did not exit cleanly: each one's exit code and the end of its log."""
+        lines = []
+        for name, code in self.exit_codes().items():
+            if code != 0:
+                why = " (SIGKILLed: still running after SIGTERM)" if name in self.overstayed else ""
+                lines.append(f"{name}: exit code {code}{why}; end of its log:\n{tail(self.processes[name].log_path)}")
+        return "\n".join(lines)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -171,7 +186,7 @@ def _die_with_parent() -> None:
 
 
 
-def tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 80) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

@@ -104,3 +104,25 @@ def test_a_step_waits_for_half_of_the_sessions_due_back_within_a_step():
     merged, split = asyncio.run(run(0.5)), asyncio.run(run(0.0))
     assert len(merged) <= 9 and sum(len(b) == 4 for b in merged) >= 7, merged  # 8 rounds of 4
     assert len(split) >= 11, split  # session 0 runs ahead alone, then the others finish without it
+
+
+def test_stepping_is_set_exactly_while_a_step_runs_in_the_worker_thread():
+    """What a service checks before reading the engine from the event loop (its load snapshot)."""
+
+    async def main():
+        engine = CountingEngine(step_s=0.3)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop.start()
+        assert not loop.stepping
+        pending = asyncio.ensure_future(exchange(loop, engine, 1, 10))
+        deadline = time.monotonic() + 5
+        while not engine.batches:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        during = loop.stepping
+        await pending
+        after = loop.stepping
+        await loop.stop()
+        return during, after
+
+    assert asyncio.run(main()) == (True, False)

@@ -40,7 +40,7 @@ def stack(redis, tmp_path_factory):
                          draft_args=replica, log_dir=str(tmp_path_factory.mktemp("stack-logs")))
     with Stack(config) as running:
         yield running
-    assert set(running.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected: {running.exit_codes()}"
+    assert set(running.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{running.exit_report()}"
 
 
 def replica_load(stack: Stack, name: str) -> common_pb2.ReplicaLoad:
@@ -207,7 +207,7 @@ def small_stack(tmp_path_factory):
     stack = Stack(config).start()
     yield stack
     stack.stop()
-    assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected: {stack.exit_codes()}"
+    assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{stack.exit_report()}"
 
 
 def test_full_capacity_gets_resource_exhausted(small_stack):

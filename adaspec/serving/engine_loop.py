@@ -52,6 +52,7 @@ class EngineLoop:
         self._task: asyncio.Task | None = None
         self.step_latency_ms = 0.0  # EWMA of engine step time
         self.steps = 0
+        self.stepping = False  # a step runs in the worker thread: the engine must not be read from the loop
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-engine-loop")
@@ -120,6 +121,7 @@ class EngineLoop:
             gathered_since, ready_since = ready_since, None
             self._back.clear()
             start = time.perf_counter()
+            self.stepping = True
             try:
                 results = await asyncio.to_thread(self._step)
             except Exception as error:  # a failed step fails the sessions in it, not the service
@@ -127,6 +129,8 @@ class EngineLoop:
                 self._fail_all(EngineStepFailed(f"{self.name} engine step failed: {error!r}"))
                 self._wake.set()
                 continue
+            finally:
+                self.stepping = False
             elapsed_ms = (time.perf_counter() - start) * 1e3
             self.step_latency_ms = elapsed_ms if not self.steps else 0.8 * self.step_latency_ms + 0.2 * elapsed_ms
             self.steps += 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -31,6 +33,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "info") -> None:
+    """JSON lines on stderr; SIGUSR1 writes every thread's stack there too (what `Stack.stop` asks of a
+    service that does not exit in time, before it kills it)."""
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import time
 
 from adaspec.loadstore import open_load_store, redact
 from adaspec.serving.heartbeat import Heartbeat
@@ -27,7 +26,7 @@ def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: s
     parser.add_argument("--kv-cache-mb", type=int, help="KV cache budget in MiB")
     parser.add_argument("--max-spec-len", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--grace-s", type=float, default=10.0, help="drain time on SIGTERM")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
     parser.add_argument("--log-level", default="info")
 
 
@@ -52,10 +51,9 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
     log.info("ready", extra={"replica_id": args.replica_id, "address": host.address,
                              "load_store": redact(args.redis) if args.redis else "polled by the coordinator"})
 
-    async def drain() -> None:
+    async def drain() -> None:  # bounded by --grace-s (ServiceHost.stop)
         await heartbeat.stop()  # coordinators stop routing here at once, not after the TTL
-        deadline = time.monotonic() + args.grace_s
-        while service.snapshot().sessions and time.monotonic() < deadline:
+        while service.snapshot().sessions:
             await asyncio.sleep(0.05)
 
     try:

@@ -6,7 +6,9 @@ Settings chosen on purpose:
 - Keepalive: a ping every 20 s on idle connections, dropped after 10 s without an answer, so a dead peer
   (a killed replica, a lost coordinator) is noticed and its sessions are closed instead of hanging.
 - Shutdown (SIGTERM or SIGINT): health goes NOT_SERVING first (load balancers and coordinators stop
-  sending new work), the service drains (`on_drain`), then in-flight RPCs get `grace_s` to finish.
+  sending new work), the service drains (`on_drain`), then the RPCs still running are cancelled; `grace_s`
+  bounds the whole shutdown.
+- SIGUSR1 writes every thread's stack to stderr (the log), to see where a stuck process is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -67,13 +70,18 @@ class ServiceHost:
         log.info("serving", extra={"address": self.address})
 
     async def stop(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
-        """NOT_SERVING, drain, then stop with a grace period for the RPCs still running."""
-        await self.health.enter_graceful_shutdown()
-        log.info("draining", extra={"address": self.address})
-        if on_drain is not None:
-            await on_drain()
-        await self.server.stop(self.grace_s)
-        log.info("stopped", extra={"address": self.address})
+        """NOT_SERVING, drain, then stop: `grace_s` bounds the drain and the RPCs still running together."""
+        deadline = time.monotonic() + self.grace_s
+        try:
+            await self.health.enter_graceful_shutdown()
+            log.info("draining", extra={"address": self.address})
+            if on_drain is not None:
+                await asyncio.wait_for(on_drain(), self.grace_s)
+        except TimeoutError:
+            log.warning("drain incomplete after the grace period", extra={"grace_s": self.grace_s})
+        finally:  # whatever the drain did, the server stops: a live gRPC server would hold the process
+            await self.server.stop(max(0.0, deadline - time.monotonic()))
+            log.info("stopped", extra={"address": self.address})
 
     async def run_until_signal(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
         loop = asyncio.get_running_loop()

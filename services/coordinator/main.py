@@ -26,7 +26,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-spec-len", type=int, default=8)
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--ttl-s", type=float, default=3.0)
-    parser.add_argument("--grace-s", type=float, default=10.0, help="drain time on SIGTERM")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
     parser.add_argument("--log-level", default="info")
 
 
@@ -52,7 +52,7 @@ async def _serve(args) -> None:
     await host.start()
     log.info("ready", extra={"address": host.address, "load_store": service.store_name})
     try:
-        await host.run_until_signal(lambda: service.drain(args.grace_s))
+        await host.run_until_signal(service.drain)
     finally:
         if poller is not None:
             await poller.stop()

@@ -15,6 +15,7 @@ same token for token; sampled output keeps the target's distribution). The faile
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -94,11 +95,13 @@ class Session:
         return reply
 
     async def close(self, ok: bool) -> None:
-        if ok:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                await self.call.done_writing()
-        self.call.cancel()  # no-op once the server has ended the call
-        await self.router.release(self.replica, self.lease_id)
+        try:
+            if ok:
+                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                    await self.call.done_writing()
+        finally:  # also when cancelled while half-closing
+            self.call.cancel()  # no-op once the server has ended the call
+            await self.router.release(self.replica, self.lease_id)
 
 
 class RequestRun:
@@ -122,10 +125,8 @@ class RequestRun:
                 reply = await self.verify_step(drafts)
                 yield self.stream(reply)
             ok = True
-        finally:
-            for session in (self.draft, self.verify):
-                if session is not None:
-                    await session.close(ok)
+        finally:  # concurrently: a cancel landing in one close must not skip the other
+            await asyncio.gather(*(s.close(ok) for s in (self.draft, self.verify) if s is not None))
 
     # ---- steps ----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ when the call ends for any reason (finish, cancel, deadline) both sessions are c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -58,8 +59,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         spec = await self._validate(request, context)
         self.in_flight += 1
         try:
-            async for response in RequestRun(spec, self.router, self.channels, self.max_spec_len).run():
-                yield response
+            # aclosing: however this call ends (a cancel lands while a response is being written, not in
+            # the run), the run's own cleanup closes both sessions now, not when the generator is collected
+            async with contextlib.aclosing(RequestRun(spec, self.router, self.channels, self.max_spec_len).run()) \
+                    as responses:
+                async for response in responses:
+                    yield response
         except RequestFailed as failure:
             await context.abort_with_status(failure.status)
         finally:
@@ -107,8 +112,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ClusterState(replicas=[r.to_proto() for r in replicas],
                                             load_store=self.store_name, default_policy=self.default_policy)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for in-flight requests to finish; health is already NOT_SERVING."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
+    async def drain(self) -> None:
+        """Wait for in-flight requests to finish (the host bounds the wait); health is already NOT_SERVING."""
+        while self.in_flight:
             await asyncio.sleep(0.05)

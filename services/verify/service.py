@@ -38,6 +38,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         self.loop = EngineLoop(self._step, engine.has_ready_work, "verify")
         self.sessions = 0
         self.acceptance, self.tokens_per_step = Ewma(), Ewma()
+        self._queue = {"waiting": 0, "queued_tokens": 0}  # see snapshot()
 
     def _step(self) -> dict[int, StepResult]:
         return {r.seq_id: r for r in self.engine.step()}
@@ -121,18 +122,23 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         return self.snapshot().to_proto()
 
     def snapshot(self) -> ReplicaLoad:
-        engine, blocks = self.engine, self.engine.target_runner.kv_cache.blocks
-        scheduler = engine.scheduler
-        pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
-                             if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
+        """Live load. The queue figures are read from the engine between steps only (a step mutates the
+        scheduler in the worker thread); during a step they are the previous reading, at most one step old."""
+        if not self.loop.stepping:
+            self._queue = self._read_queue()
+        blocks = self.engine.target_runner.kv_cache.blocks
         return ReplicaLoad(
             replica_id=self.replica_id, kind="verify", pool=self.pool, address=self.address,
-            sessions=self.sessions, waiting=len(scheduler.waiting), queued_tokens=pending_prompt,
-            free_kv_blocks=blocks.num_free_blocks, total_kv_blocks=blocks.num_blocks,
+            sessions=self.sessions, free_kv_blocks=blocks.num_free_blocks, total_kv_blocks=blocks.num_blocks,
             max_sessions=self.max_sessions, step_latency_ms=self.loop.step_latency_ms,
-            acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value,
+            acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value, **self._queue,
         )
 
+    def _read_queue(self) -> dict[str, int]:
+        scheduler, blocks = self.engine.scheduler, self.engine.target_runner.kv_cache.blocks
+        pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
+                             if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
+        return {"waiting": len(scheduler.waiting), "queued_tokens": pending_prompt}
 
 def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
     k, width = len(msg.token_ids), msg.sparse_k
