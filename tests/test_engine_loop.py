@@ -1,6 +1,9 @@
 """EngineLoop: one step over every ready session, results to the right session, failures contained, gathering."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -126,3 +129,43 @@ def test_stepping_is_set_exactly_while_a_step_runs_in_the_worker_thread():
         return during, after
 
     assert asyncio.run(main()) == (True, False)
+
+
+STEP_THREAD_PROBE = """
+import asyncio, os, sys, torch
+from adaspec.serving.engine_loop import EngineLoop
+from adaspec.serving.replica import same_torch_threads
+
+torch.set_num_threads(1)
+threads = lambda: len(os.listdir("/proc/self/task"))
+
+def step():
+    before = threads()
+    a = torch.randn(512, 512)
+    for _ in range(20):
+        a = (a @ a).tanh()
+    return {0: threads() - before}  # OS threads that intra-op parallelism started
+
+async def main():
+    loop = EngineLoop(step, lambda: True, "probe", init_thread=same_torch_threads() if sys.argv[1] == "1" else None)
+    loop.start()
+    await loop.call(lambda: None)
+    started, _ = await loop.result(0)
+    await loop.stop()
+    print(started)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="needs /proc and 2 cores")
+def test_the_step_thread_keeps_the_process_torch_thread_count():
+    """OpenMP's thread count is per thread: without `same_torch_threads` the step thread runs on every core."""
+
+    def threads_started(init: bool) -> int:
+        out = subprocess.run([sys.executable, "-c", STEP_THREAD_PROBE, str(int(init))], capture_output=True, text=True,
+                             timeout=120, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert threads_started(init=False) > 0  # the probe sees the problem it guards against
+    assert threads_started(init=True) == 0

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,14 @@ class EngineStepFailed(RuntimeError):
 
 
 class EngineLoop:
+    """`init_thread` runs once in the step thread before its first step (a service passes torch's thread
+    count: OpenMP settings are per thread, so a new thread would otherwise use every core)."""
+
     def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str,
                  max_wait_ms: float = 10.0, gather_fraction: float = 0.5, min_batch_fraction: float = 0.5,
-                 max_batch_wait_ms: float = 50.0):
+                 max_batch_wait_ms: float = 50.0, init_thread: Callable[[], None] | None = None):
         self._step, self._has_work, self.name = step, has_work, name
+        self._step_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-step", initializer=init_thread)
         self.max_wait_ms, self.gather_fraction = max_wait_ms, gather_fraction
         self.min_batch_fraction, self.max_batch_wait_ms = min_batch_fraction, max_batch_wait_ms
         self._replied_at: dict[int, float] = {}  # sessions answered and not back yet: when
@@ -61,6 +66,7 @@ class EngineLoop:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._step_thread.shutdown(wait=False)  # a step still running ends on its own; none starts
         self._fail_all(EngineStopped(f"{self.name} engine stopped"))
 
     async def call(self, op: Callable[[], Any], key: int | None = None) -> Any:
@@ -123,7 +129,7 @@ class EngineLoop:
             start = time.perf_counter()
             self.stepping = True
             try:
-                results = await asyncio.to_thread(self._step)
+                results = await asyncio.get_running_loop().run_in_executor(self._step_thread, self._step)
             except Exception as error:  # a failed step fails the sessions in it, not the service
                 log.exception("%s engine step failed", self.name)
                 self._fail_all(EngineStepFailed(f"{self.name} engine step failed: {error!r}"))

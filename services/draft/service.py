@@ -20,6 +20,7 @@ from adaspec.loadstore import ReplicaLoad
 from adaspec.policy import DraftBudget
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
+from adaspec.serving.replica import same_torch_threads
 from adaspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
         self.engine = engine
         self.replica_id, self.address, self.max_sessions = replica_id, address, max_sessions
         self._pending: dict[int, DraftWork] = {}
-        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft")
+        self.loop = EngineLoop(self._step, lambda: bool(self._pending), "draft", init_thread=same_torch_threads())
 
     def _step(self) -> dict[int, DraftOutput]:
         work, self._pending = list(self._pending.values()), {}

@@ -23,6 +23,7 @@ from adaspec.serving.convert import params_from_proto
 from adaspec.serving.detokenizer import StreamingDetokenizer
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
 from adaspec.serving.heartbeat import Ewma
+from adaspec.serving.replica import same_torch_threads
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         self.engine = engine
         self.replica_id, self.pool, self.address = replica_id, pool, address
         self.max_sessions = engine.scheduler.max_num_seqs + max_waiting
-        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify")
+        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify", init_thread=same_torch_threads())
         self.sessions = 0
         self.acceptance, self.tokens_per_step = Ewma(), Ewma()
         self._queue = {"waiting": 0, "queued_tokens": 0}  # see snapshot()
