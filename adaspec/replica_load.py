@@ -28,7 +28,7 @@ class ReplicaLoad:
     total_kv_blocks: int = 0
     max_sessions: int = 0    # capacity: admitted + queue limit
     step_latency_ms: float = 0.0   # recent (EWMA) engine step latency
-    acceptance_rate: float = 0.0   # recent (EWMA) draft acceptance
+    acceptance_rate: float = 0.0   # EWMA over verify steps with drafts of accepted / drafted
     tokens_per_step: float = 0.0
     updated_at: float = 0.0  # time.time() of the heartbeat
 

@@ -60,7 +60,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             text = StreamingDetokenizer(self.engine.tokenizer, seq.params.stop)
             if first.open.output_token_ids:
                 text.resume(list(first.open.output_token_ids), first.open.output_chars_sent)
-            reply = await self._next_reply(seq, text, time.perf_counter())
+            reply = await self._next_reply(seq, text, time.perf_counter(), drafted=None)
             reply.prompt_token_ids[:] = seq.token_ids[: seq.num_prompt_tokens]
             yield reply
             async for request in request_iterator:
@@ -74,7 +74,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                     await self.loop.call(lambda: self.engine.submit(seq.seq_id, proposal), key=seq.seq_id)
                 except ValueError as error:
                     await context.abort_with_status(invalid_argument_from(error, "step"))
-                yield await self._next_reply(seq, text, sent)
+                yield await self._next_reply(seq, text, sent, drafted=len(proposal.token_ids))
         except EngineStopped as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         except EngineStepFailed as error:
@@ -102,12 +102,14 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
                                                         field="params.max_tokens"))
 
-    async def _next_reply(self, seq, text: StreamingDetokenizer, sent: float) -> verify_pb2.VerifyResponse:
+    async def _next_reply(self, seq, text: StreamingDetokenizer, sent: float,
+                          drafted: int | None) -> verify_pb2.VerifyResponse:
+        """`drafted`: the step's number of draft tokens (None for the reply to an open: no step)."""
         result, step_ms = await self.loop.result(seq.seq_id)
-        if seq.stats.steps:
-            drafted = seq.stats.draft_tokens
-            self.acceptance.add(seq.stats.accepted_tokens / drafted if drafted else 0.0)
+        if drafted is not None:
             self.tokens_per_step.add(len(result.token_ids))
+            if drafted:  # a step without drafts says nothing about acceptance
+                self.acceptance.add(result.num_accepted / drafted)
         finished = result.finish_reason is not None
         return verify_pb2.VerifyResponse(
             token_ids=result.token_ids,
