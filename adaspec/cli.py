@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+from adaspec.client._base import DEFAULT_ADDRESS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 class AsyncClient(ClientBase):
     """asyncio client of the AdaSpec coordinator; same arguments and semantics as `adaspec.Client`.
 
-        async with adaspec.AsyncClient("localhost:50051", timeout=30) as client:
+        async with adaspec.AsyncClient("127.0.0.1:50051", timeout=30) as client:
             completion = await client.generate("def fib(n):", max_tokens=32)
             async for chunk in client.stream("def fib(n):", max_tokens=32):
                 print(chunk.text, end="")

@@ -8,7 +8,7 @@ from typing import Any
 
 from adaspec.client._retry import Attempts
 
-DEFAULT_ADDRESS = "localhost:50051"
+DEFAULT_ADDRESS = "127.0.0.1:50051"  # where `adaspec up` and `adaspec serve coordinator` listen by default
 
 
 class ClientBase:

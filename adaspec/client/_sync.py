@@ -20,7 +20,7 @@ from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 class Client(ClientBase):
     """Blocking client of the AdaSpec coordinator.
 
-        with adaspec.Client("localhost:50051", timeout=30) as client:
+        with adaspec.Client("127.0.0.1:50051", timeout=30) as client:
             print(client.generate("def fib(n):", max_tokens=32).text)
             for chunk in client.stream("def fib(n):", max_tokens=32):
                 print(chunk.text, end="")
