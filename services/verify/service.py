@@ -143,6 +143,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                              if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
         return {"waiting": len(scheduler.waiting), "queued_tokens": pending_prompt}
 
+
 def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
     k, width = len(msg.token_ids), msg.sparse_k
     if k and width < 1:
