@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import time
@@ -104,13 +105,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    if args.service == "coordinator":
-        from services.coordinator.main import main as run
-    elif args.service == "verify":
-        from services.verify.main import main as run
-    else:
-        from services.draft.main import main as run
-    run(args)
+    importlib.import_module(f"services.{args.service}.main").main(args)
     return 0
 
 

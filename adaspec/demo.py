@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -61,7 +62,7 @@ def run_demo(args, config: StackConfig) -> int:
             rows.append({"policy": policy, **summarize(results, wall_s, args.slo_ttft_ms, args.slo_tpot_ms)})
     print()
     print(format_table(rows, COLUMNS))
-    errors = {e: n for row in rows for e, n in row.get("errors", {}).items()}
+    errors = sum((Counter(row.get("errors", {})) for row in rows), Counter())
     for error, count in errors.items():
         print(f"  {count} x {error}")
     return 1 if any(row["failed"] for row in rows) else 0

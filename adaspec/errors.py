@@ -33,6 +33,7 @@ __all__ = [
     "ResourceExhausted",
     "Unavailable",
     "abort",
+    "bad_request",
     "error_for",
     "from_rpc_error",
     "invalid_argument_from",
@@ -229,14 +230,18 @@ def rich_status(code: grpc.StatusCode, message: str, *, field: str | None = None
     field_violations = [(field, description if description is not None else message)] if field else []
     field_violations += list(violations)
     if field_violations:
-        bad_request = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in field_violations])
-        status.details.add().Pack(bad_request)
+        status.details.add().Pack(bad_request(field_violations))
     if retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
+
+
+def bad_request(violations: Iterable[tuple[str, str]]) -> error_details_pb2.BadRequest:
+    """A `google.rpc.BadRequest` with one violation per (field, description)."""
+    return error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, **kw: Any) -> NoReturn:

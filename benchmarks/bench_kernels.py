@@ -106,8 +106,8 @@ def plot(rows: list[dict], vocabs: list[int], path: Path) -> None:
     panels = [("rejection_sample", v) for v in vocabs] + [("paged_attention", None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True)
     for ax, (kernel, vocab) in zip(axes, panels):
+        ks = sorted({r["k"] for r in rows if r["kernel"] == kernel})
         for impl, style in (("triton", "-o"), ("torch", "--x")):
-            ks = sorted({r["k"] for r in rows if r["kernel"] == kernel})
             for k in ks:
                 sel = [r for r in rows if r["kernel"] == kernel and r["impl"] == impl and r["k"] == k
                        and r.get("vocab") == vocab]
@@ -165,14 +165,15 @@ def main() -> None:
             bar.update()
         for batch, k in attention_cases:
             attn_args = attention_inputs(batch, k, seed=batch * 31 + k)
+            outputs = {}
             for impl, _, attention in impls:
+                outputs[impl] = attention.paged_attention(*attn_args)
                 rows.append(measure(do_bench, "paged_attention", lambda a=attention, x=attn_args: a.paged_attention(*x),
                                     attention_bytes(attn_args), copy_bw, impl=impl, batch=batch, k=k))
-            if len(impls) == 2:  # on the Triton row
-                rows[-2]["max_abs_error_vs_reference"] = (paged_attention_triton.paged_attention(*attn_args).float()
-                                                          - paged_attention_ref.paged_attention(*attn_args).float()
+            if "torch" in outputs:  # on the Triton row
+                rows[-2]["max_abs_error_vs_reference"] = (outputs["triton"].float() - outputs["torch"].float()
                                                           ).abs().max().item()
-            del attn_args
+            del attn_args, outputs
             torch.cuda.empty_cache()
             bar.update()
 

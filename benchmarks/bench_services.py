@@ -27,9 +27,16 @@ from tqdm import tqdm
 
 from adaspec import AsyncClient, Engine, SamplingParams
 from adaspec.stack import Stack, StackConfig
+from adaspec.workload import format_table
 from bench_engine import held_out_prompts  # noqa: E402 (the script directory is on sys.path)
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
+COLUMNS = [
+    ("concurrency", "conc"), ("policy", "policy"), ("engine_tok_s", "engine tok/s", ".1f"),
+    ("engine_1t_tok_s", "1-core engine", ".1f"), ("service_tok_s", "service tok/s", ".1f"), ("ratio", "ratio", ".2f"),
+    ("ratio_1t", "vs 1-core", ".2f"), ("engine_ms_per_step", "engine ms/step", ".2f"),
+    ("service_ms_per_step", "service ms/step", ".2f"), ("overhead_ms_per_step", "overhead ms", ".2f"),
+]
 
 
 def run_engine(engine: Engine, prompts: list[list[int]], policy: str, new_tokens: int, threads: int) -> dict:
@@ -115,13 +122,7 @@ def main() -> None:
             "overhead_ms_per_step": med["service"]["ms_per_step"] - med["engine"]["ms_per_step"],
         })
 
-    header = f"{'conc':>4} {'policy':<8} {'engine tok/s':>12} {'1-core engine':>13} {'service tok/s':>13} " \
-             f"{'ratio':>6} {'vs 1-core':>9} {'engine ms/step':>14} {'service ms/step':>15} {'overhead ms':>11}"
-    print(header)
-    for r in rows:
-        print(f"{r['concurrency']:>4} {r['policy']:<8} {r['engine_tok_s']:>12.1f} {r['engine_1t_tok_s']:>13.1f} "
-              f"{r['service_tok_s']:>13.1f} {r['ratio']:>5.2f}x {r['ratio_1t']:>8.2f}x "
-              f"{r['engine_ms_per_step']:>14.2f} {r['service_ms_per_step']:>15.2f} {r['overhead_ms_per_step']:>11.2f}")
+    print(format_table(rows, COLUMNS))
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / "services.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     plot(rows, OUT_DIR / "services.png")

@@ -34,6 +34,19 @@ MAX_SPEC_LEN = 63
 RACE_OFFSET = MAX_SPEC_LEN + 1
 
 
+def check_shapes(target_logits, draft_token_ids, draft_topk_ids, draft_topk_probs, cu_num_draft_tokens,
+                 per_request: tuple[torch.Tensor, ...], max_spec_len: int) -> tuple[int, int]:
+    """The entry asserts both implementations share (no device sync); returns (batch, num_draft_tokens)."""
+    batch = cu_num_draft_tokens.shape[0]
+    num_draft_tokens = draft_token_ids.shape[0]
+    assert target_logits.dim() == 2 and target_logits.shape[0] == num_draft_tokens + batch
+    assert draft_topk_ids.dim() == 2 and draft_topk_ids.shape == draft_topk_probs.shape
+    assert draft_topk_ids.shape[0] == num_draft_tokens
+    assert all(t.shape == (batch,) for t in per_request)  # temperature, top_k, top_p, is_greedy, seeds
+    assert 0 <= max_spec_len <= MAX_SPEC_LEN
+    return batch, num_draft_tokens
+
+
 def rejection_sample(
     target_logits: torch.Tensor,  # [num_draft_tokens + batch, vocab]
     draft_token_ids: torch.Tensor,  # [num_draft_tokens] int64
@@ -52,13 +65,10 @@ def rejection_sample(
     output_token_ids holds, per request, its accepted tokens then the recovered or bonus token;
     the unused slots hold PLACEHOLDER_TOKEN_ID.
     """
-    batch = cu_num_draft_tokens.shape[0]
-    num_draft_tokens = draft_token_ids.shape[0]
+    batch, num_draft_tokens = check_shapes(target_logits, draft_token_ids, draft_topk_ids, draft_topk_probs,
+                                           cu_num_draft_tokens, (temperature, top_k, top_p, is_greedy, seeds),
+                                           max_spec_len)
     device = target_logits.device
-    assert target_logits.dim() == 2 and target_logits.shape[0] == num_draft_tokens + batch
-    assert draft_topk_ids.shape == draft_topk_probs.shape and draft_topk_ids.shape[0] == num_draft_tokens
-    assert temperature.shape == top_k.shape == top_p.shape == is_greedy.shape == seeds.shape == (batch,)
-    assert 0 <= max_spec_len <= MAX_SPEC_LEN
 
     num_draft = torch.diff(cu_num_draft_tokens, prepend=cu_num_draft_tokens.new_zeros(1))  # [batch]
     first_draft = cu_num_draft_tokens - num_draft  # [batch]

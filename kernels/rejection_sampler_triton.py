@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.rejection_sampler_ref import MAX_SPEC_LEN, PLACEHOLDER_TOKEN_ID, RACE_OFFSET
+from kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID, RACE_OFFSET, check_shapes
 from kernels.rng_triton import seed_key, uniform_from_key
 from kernels.sampling_triton import (
     request_span,
@@ -229,16 +229,13 @@ def rejection_sample(
     Same contract as `kernels.rejection_sampler_ref.rejection_sample`; k_i <= max_spec_len is trusted
     (checking it would need a device-to-host sync).
     """
-    batch = cu_num_draft_tokens.shape[0]
-    num_draft_tokens = draft_token_ids.shape[0]
-    assert target_logits.dim() == 2 and target_logits.shape[0] == num_draft_tokens + batch
-    assert draft_topk_ids.dim() == 2 and draft_topk_ids.shape == draft_topk_probs.shape
-    assert draft_topk_ids.shape[0] == num_draft_tokens
-    assert temperature.shape == top_k.shape == top_p.shape == is_greedy.shape == seeds.shape == (batch,)
+    batch, num_draft_tokens = check_shapes(target_logits, draft_token_ids, draft_topk_ids, draft_topk_probs,
+                                           cu_num_draft_tokens, (temperature, top_k, top_p, is_greedy, seeds),
+                                           max_spec_len)
     num_rows, vocab = target_logits.shape
     topk = draft_topk_ids.shape[1]
     device = target_logits.device
-    assert 0 <= max_spec_len <= MAX_SPEC_LEN and 0 < vocab < 2**31 - RACE_OFFSET
+    assert 0 < vocab < 2**31 - RACE_OFFSET
     tensors = (draft_token_ids, draft_topk_ids, draft_topk_probs, cu_num_draft_tokens, temperature, top_k,
                top_p, is_greedy, seeds)
     assert all(t.device == device for t in tensors), "all inputs on the logits' device"

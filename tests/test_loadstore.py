@@ -30,6 +30,7 @@ from adaspec.loadstore import (
     ReplicaLoad,
     open_load_store,
 )
+from adaspec.loadstore.redis_server import free_port
 
 HAVE_REDIS = shutil.which("redis-server") is not None
 needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server binary not installed")
@@ -285,11 +286,7 @@ def test_open_load_store_urls():
 
 
 def test_closed_port_raises_unavailable():
-    import socket
-
-    with socket.socket() as s:                        # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
 
     async def body():

@@ -1,8 +1,7 @@
 """The service stack over real gRPC: separate verify, draft and coordinator processes, a real redis-server.
 
-One stack (two verify replicas, one draft, Redis load store) serves most tests; the replica-kill test
-runs last on it. A second, small stack on the in-process store covers capacity, a missing verify pool
-and a draft that dies mid-request.
+One stack (two verify replicas, one draft, Redis load store) serves these tests; the replica-kill test
+runs last on it. `test_services_small.py` has a small stack on the in-process store.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adaspec import AsyncClient, Client, SamplingParams
-from adaspec.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
-from adaspec.loadstore import RedisLoadStore, RedisServer
+from adaspec.errors import DeadlineExceeded, InvalidArgument
+from adaspec.loadstore import RedisLoadStore
 from adaspec.stack import Stack, StackConfig
 from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
 from tests.conftest import HELD_OUT_SNIPPETS
@@ -28,15 +27,9 @@ PROMPTS = [s + tail for tail in ("", "\n", "    ", "\n\n") for s in HELD_OUT_SNI
 
 
 @pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stack(redis, tmp_path_factory):
+def stack(tmp_path_factory):
     replica = ["--ttl-s", str(TTL_S), "--heartbeat-s", "0.25"]
-    config = StackConfig(verify_replicas=2, draft_replicas=1, redis=redis.url, verify_args=replica,
+    config = StackConfig(verify_replicas=2, draft_replicas=1, redis="spawn", verify_args=replica,
                          draft_args=replica, log_dir=str(tmp_path_factory.mktemp("stack-logs")))
     with Stack(config) as running:
         yield running
@@ -168,7 +161,7 @@ def test_client_deadline_is_honoured_end_to_end(stack):
     wait_for_baseline(stack, baseline)
 
 
-def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(stack, redis, bundled_engine):
+def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(stack, bundled_engine):
     """The request resumes on the other replica with its committed tokens: greedy output and text are the
     same as if nothing had happened."""
     prompt = "import sys\n"
@@ -187,7 +180,7 @@ def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(sta
         assert after.finish_reason and after.stats.verify_replica != victim
 
         async def verify_replicas():
-            async with RedisLoadStore(redis.url) as store:
+            async with RedisLoadStore(stack.redis_url) as store:
                 return [r.replica_id for r in await store.replicas("verify")]
 
         deadline = time.monotonic() + TTL_S + 3
@@ -195,64 +188,3 @@ def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(sta
             assert time.monotonic() < deadline, f"{victim} still in the load store after its TTL"
             time.sleep(0.2)
         assert victim not in [r.replica_id for r in client.cluster_state()]
-
-
-# ---- a small stack on the in-process load store -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def small_stack(tmp_path_factory):
-    config = StackConfig(verify_replicas=1, draft_replicas=1, verify_args=["--max-num-seqs", "1", "--max-waiting", "1"],
-                         coordinator_args=["--ttl-s", "1.5"], log_dir=str(tmp_path_factory.mktemp("small-logs")))
-    stack = Stack(config).start()
-    yield stack
-    stack.stop()
-    assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{stack.exit_report()}"
-
-
-def test_full_capacity_gets_resource_exhausted(small_stack):
-    """One session running and one queued fill the replica (max_num_seqs 1 + max_waiting 1)."""
-
-    async def fill_then_overflow():
-        async with AsyncClient(small_stack.address, max_retries=0) as client:
-            async def hold():
-                async for _ in client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True):
-                    pass
-
-            holders = [asyncio.create_task(hold()) for _ in range(2)]
-            while replica_load(small_stack, "verify-0").sessions < 2:
-                await asyncio.sleep(0.05)
-            try:
-                with pytest.raises(ResourceExhausted) as caught:
-                    await client.generate("def g():", max_tokens=4)
-            finally:
-                for task in holders:
-                    task.cancel()
-                await asyncio.gather(*holders, return_exceptions=True)
-            return caught.value
-
-    error = asyncio.run(fill_then_overflow())
-    assert error.retry_delay is not None
-
-
-def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundled_engine):
-    prompt = HELD_OUT_SNIPPETS[2]
-    expected = bundled_engine.generate([prompt], SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))[0]
-    with Client(small_stack.address) as client:
-        stream = client.stream(prompt, max_tokens=200, temperature=0, ignore_eos=True, policy="fixed:4")
-        chunks = [next(stream)]
-        small_stack.kill("draft-0")
-        chunks += list(stream)
-    assert [t for c in chunks for t in c.token_ids] == expected.token_ids
-
-
-def test_the_last_verify_replica_failing_mid_stream_gets_unavailable_naming_it(small_stack):
-    with Client(small_stack.address, max_retries=0) as client:
-        stream = client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none")
-        next(stream)
-        small_stack.kill("verify-0")
-        with pytest.raises(Unavailable, match="verify-0"):
-            for _ in stream:
-                pass
-        with pytest.raises(Unavailable):
-            client.generate("def f():", max_tokens=4)

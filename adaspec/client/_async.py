@@ -11,7 +11,6 @@ import grpc.aio
 
 from adaspec.client._base import DEFAULT_ADDRESS, ClientBase
 from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request
-from adaspec.errors import from_rpc_error
 from adaspec.replica_load import ReplicaLoad
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -101,10 +100,7 @@ class AsyncClient(ClientBase):
                                                                timeout=attempts.remaining())
                 return [ReplicaLoad.from_proto(r) for r in state.replicas]
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                delay = attempts.backoff(error)
-                if delay is None:
-                    raise error from e
+                delay = attempts.delay_or_raise(e)
             await asyncio.sleep(delay)
 
     async def _stream(self, request: coordinator_pb2.GenerateRequest,
@@ -119,10 +115,7 @@ class AsyncClient(ClientBase):
                     yield Chunk.from_proto(response)
                 return
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                delay = None if received else attempts.backoff(error)
-                if delay is None:
-                    raise error from e
+                delay = attempts.delay_or_raise(e, received)
             finally:
                 call.cancel()  # no-op once the call ended; cancels it on aclose() or task cancellation
             await asyncio.sleep(delay)

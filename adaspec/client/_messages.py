@@ -6,10 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from google.rpc import error_details_pb2
-
-from adaspec.errors import InvalidArgument
+from adaspec.errors import InvalidArgument, bad_request
 from adaspec.v1 import coordinator_pb2
 
 Prompt = str | Iterable[int]
@@ -97,9 +94,7 @@ class _Accumulator:
 
 
 def _invalid(field_name: str, description: str) -> InvalidArgument:
-    violation = error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
-    return InvalidArgument(f"{field_name} {description}", code=grpc.StatusCode.INVALID_ARGUMENT,
-                           details=[error_details_pb2.BadRequest(field_violations=[violation])])
+    return InvalidArgument(f"{field_name} {description}", details=[bad_request([(field_name, description)])])
 
 
 @dataclass

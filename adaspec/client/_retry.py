@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from adaspec.errors import AdaSpecError, DeadlineExceeded
+from adaspec.errors import AdaSpecError, DeadlineExceeded, from_rpc_error
 
 
 def is_retryable(error: AdaSpecError) -> bool:
@@ -43,6 +43,15 @@ class Attempts:
             raise DeadlineExceeded(f"deadline of {self.timeout:g} s exceeded after {self.retries + 1} attempt(s)"
                                    if self.retries else f"deadline of {self.timeout:g} s exceeded")
         return left
+
+    def delay_or_raise(self, rpc_error: grpc.RpcError, received: bool = False) -> float:
+        """Seconds to wait before retrying after `rpc_error`; raises it as an `AdaSpecError` when the call is
+        not retried (a response already `received`, not retryable, or out of retries or time)."""
+        error = from_rpc_error(rpc_error)
+        delay = None if received else self.backoff(error)
+        if delay is None:
+            raise error from rpc_error
+        return delay
 
     def backoff(self, error: AdaSpecError) -> float | None:
         """Seconds to wait before retrying after `error` (which arrived before any response), or None."""

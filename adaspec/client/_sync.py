@@ -12,7 +12,6 @@ import grpc
 from adaspec.client._base import DEFAULT_ADDRESS, ClientBase
 from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request
 from adaspec.client._retry import Attempts
-from adaspec.errors import from_rpc_error
 from adaspec.replica_load import ReplicaLoad
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -88,10 +87,7 @@ class Client(ClientBase):
                                                    timeout=attempts.remaining())
                 return [ReplicaLoad.from_proto(r) for r in state.replicas]
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                delay = attempts.backoff(error)
-                if delay is None:
-                    raise error from e
+                delay = attempts.delay_or_raise(e)
             time.sleep(delay)
 
     def _stream(self, request: coordinator_pb2.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
@@ -105,10 +101,7 @@ class Client(ClientBase):
                     yield Chunk.from_proto(response)
                 return
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                delay = None if received else attempts.backoff(error)
-                if delay is None:
-                    raise error from e
+                delay = attempts.delay_or_raise(e, received)
             finally:
                 call.cancel()  # no-op once the call ended; cancels it when the caller stopped iterating
             time.sleep(delay)

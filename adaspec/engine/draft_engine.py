@@ -77,9 +77,7 @@ class DraftEngine:
         """Admit a session for its whole life (prompt + max_tokens + drafts). Raises ValueError, KVCacheExhausted."""
         if not prompt_ids:
             raise ValueError("open.prompt_token_ids: empty")
-        vocab = len(self.model.tokenizer)
-        if any(not 0 <= t < vocab for t in prompt_ids):
-            raise ValueError(f"open.prompt_token_ids: token ids must be in [0, {vocab})")
+        self._check_token_ids(prompt_ids, "open.prompt_token_ids")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(f"open.prompt_token_ids: {len(prompt_ids)} tokens; the draft's context is "
                              f"{self.max_model_len}")
@@ -119,13 +117,16 @@ class DraftEngine:
             raise ValueError(f"step: no open draft session {work.seq_id}")
         if not 0 <= work.num_accepted <= self.max_spec_len:
             raise ValueError(f"step.num_accepted: {work.num_accepted} is not in [0, {self.max_spec_len}]")
-        vocab = len(self.model.tokenizer)
-        if any(not 0 <= t < vocab for t in work.token_ids):
-            raise ValueError(f"step.token_ids: token ids must be in [0, {vocab})")
+        self._check_token_ids(work.token_ids, "step.token_ids")
         if len(seq.token_ids) + len(work.token_ids) >= self.max_model_len:
             raise ValueError(f"step.token_ids: the session would pass the draft's context of {self.max_model_len}")
         if work.budget.max_tokens < 0:
             raise ValueError(f"step.max_draft_tokens: must be >= 0, got {work.budget.max_tokens}")
+
+    def _check_token_ids(self, token_ids: list[int], field: str) -> None:
+        vocab = len(self.model.tokenizer)
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise ValueError(f"{field}: token ids must be in [0, {vocab})")
 
     def _commit(self, work: DraftWork) -> Sequence:
         seq = self._sessions[work.seq_id]

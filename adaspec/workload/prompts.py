@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sysconfig
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +84,8 @@ def prompt_texts(n: int, seed: int = 0, max_chars: int = 8000) -> list[str]:
     return out
 
 
-def prompt_for(num_tokens: int, snippet_source: str | Sequence[str], tokenize: Callable[[str], list[int]]) -> str:
-    """A prefix of `snippet_source` (a text, or texts joined by newlines) whose tokenization has about
+def prompt_for(num_tokens: int, snippet_source: str, tokenize: Callable[[str], list[int]]) -> str:
+    """A prefix of `snippet_source` whose tokenization has about
     `num_tokens` tokens, never more when the tokenizer is monotone in the prefix.
 
     Cut at the last line boundary that fits; when that falls short of 90 % of the target (a long line), the
@@ -94,7 +94,7 @@ def prompt_for(num_tokens: int, snippet_source: str | Sequence[str], tokenize: C
     """
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-    text = snippet_source if isinstance(snippet_source, str) else "\n".join(snippet_source)
+    text = snippet_source
     if not text.strip():
         raise ValueError("snippet_source is empty")
     while len(tokenize(text)) < num_tokens:

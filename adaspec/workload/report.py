@@ -9,16 +9,13 @@ from typing import Any
 import numpy as np
 
 
-def _get(result: Any, name: str) -> Any:
-    return result.get(name) if isinstance(result, Mapping) else getattr(result, name, None)
-
-
 def _pct_ms(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) * 1000.0 if values else None
 
 
-def summarize(results: Iterable[Any], wall_s: float, slo_ttft_ms: float, slo_tpot_ms: float) -> dict:
-    """One replay's summary. Each result (a mapping or an object) has `ok`, `error`, `output_tokens`,
+def summarize(results: Iterable[Mapping[str, Any]], wall_s: float, slo_ttft_ms: float,
+              slo_tpot_ms: float) -> dict:
+    """One replay's summary. Each result is a dict with `ok`, `error`, `output_tokens`,
     `ttft_s`, `tpot_s` (None under 2 tokens), `draft_tokens`, `accepted_tokens`, `mean_k`.
 
     - `output_tok_s`: output tokens of the completed requests / `wall_s`.
@@ -31,19 +28,19 @@ def summarize(results: Iterable[Any], wall_s: float, slo_ttft_ms: float, slo_tpo
     - `errors`: error message -> count for the failed requests.
     """
     results = list(results)
-    done = [r for r in results if _get(r, "ok")]
-    ttfts = [float(_get(r, "ttft_s")) for r in done if _get(r, "ttft_s") is not None]
-    tpots = [float(_get(r, "tpot_s")) for r in done if _get(r, "tpot_s") is not None]
-    out_tokens = sum(int(_get(r, "output_tokens") or 0) for r in done)
+    done = [r for r in results if r.get("ok")]
+    ttfts = [float(r.get("ttft_s")) for r in done if r.get("ttft_s") is not None]
+    tpots = [float(r.get("tpot_s")) for r in done if r.get("tpot_s") is not None]
+    out_tokens = sum(int(r.get("output_tokens") or 0) for r in done)
     met = 0
     for r in done:
-        ttft, tpot = _get(r, "ttft_s"), _get(r, "tpot_s")
+        ttft, tpot = r.get("ttft_s"), r.get("tpot_s")
         if ttft is not None and ttft * 1000.0 <= slo_ttft_ms and (tpot is None or tpot * 1000.0 <= slo_tpot_ms):
             met += 1
-    ks = [float(_get(r, "mean_k")) for r in done if _get(r, "mean_k") is not None]
-    drafted = sum(int(_get(r, "draft_tokens") or 0) for r in done)
-    accepted = sum(int(_get(r, "accepted_tokens") or 0) for r in done)
-    errors = Counter(str(_get(r, "error") or "unknown error") for r in results if not _get(r, "ok"))
+    ks = [float(r.get("mean_k")) for r in done if r.get("mean_k") is not None]
+    drafted = sum(int(r.get("draft_tokens") or 0) for r in done)
+    accepted = sum(int(r.get("accepted_tokens") or 0) for r in done)
+    errors = Counter(str(r.get("error") or "unknown error") for r in results if not r.get("ok"))
     return {
         "requests": len(results),
         "completed": len(done),

@@ -1,0 +1,77 @@
+"""A small stack on the in-process load store (one verify replica of one session plus one queued, one
+draft): capacity, a draft that dies mid-request, and the last verify replica failing mid-stream.
+
+Its own module, so the larger Redis-backed stack of `test_services.py` is down before this one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from adaspec import AsyncClient, Client, SamplingParams
+from adaspec.errors import ResourceExhausted, Unavailable
+from adaspec.stack import Stack, StackConfig
+from tests.conftest import HELD_OUT_SNIPPETS
+from tests.test_services import replica_load
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory):
+    config = StackConfig(verify_replicas=1, draft_replicas=1, verify_args=["--max-num-seqs", "1", "--max-waiting", "1"],
+                         coordinator_args=["--ttl-s", "1.5"], log_dir=str(tmp_path_factory.mktemp("small-logs")))
+    with Stack(config) as stack:
+        yield stack
+    assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{stack.exit_report()}"
+
+
+def test_full_capacity_gets_resource_exhausted(small_stack):
+    """One session running and one queued fill the replica (max_num_seqs 1 + max_waiting 1)."""
+
+    async def fill_then_overflow():
+        async with AsyncClient(small_stack.address, max_retries=0) as client:
+            async def hold():
+                async for _ in client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True):
+                    pass
+
+            holders = [asyncio.create_task(hold()) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while replica_load(small_stack, "verify-0").sessions < 2:
+                assert time.monotonic() < deadline, "the two holding requests were never admitted"
+                await asyncio.sleep(0.05)
+            try:
+                with pytest.raises(ResourceExhausted) as caught:
+                    await client.generate("def g():", max_tokens=4)
+            finally:
+                for task in holders:
+                    task.cancel()
+                await asyncio.gather(*holders, return_exceptions=True)
+            return caught.value
+
+    error = asyncio.run(fill_then_overflow())
+    assert error.retry_delay is not None
+
+
+def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundled_engine):
+    prompt = HELD_OUT_SNIPPETS[2]
+    expected = bundled_engine.generate([prompt], SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))[0]
+    with Client(small_stack.address) as client:
+        stream = client.stream(prompt, max_tokens=200, temperature=0, ignore_eos=True, policy="fixed:4")
+        chunks = [next(stream)]
+        small_stack.kill("draft-0")
+        chunks += list(stream)
+    assert [t for c in chunks for t in c.token_ids] == expected.token_ids
+
+
+def test_the_last_verify_replica_failing_mid_stream_gets_unavailable_naming_it(small_stack):
+    with Client(small_stack.address, max_retries=0) as client:
+        stream = client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none")
+        next(stream)
+        small_stack.kill("verify-0")
+        with pytest.raises(Unavailable, match="verify-0"):
+            for _ in stream:
+                pass
+        with pytest.raises(Unavailable):
+            client.generate("def f():", max_tokens=4)
