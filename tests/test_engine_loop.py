@@ -12,15 +12,21 @@ from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed
 
 
 class CountingEngine:
-    """Each step answers every queued session with (its value, how many sessions shared the step)."""
+    """Each step answers every session with work queued: (its oldest value, how many sessions shared the step)."""
 
     def __init__(self, fail_once: bool = False, step_s: float = 0.0):
-        self.queued: dict[int, int] = {}
+        self.queued: dict[int, list[int]] = {}
         self.batches: list[list[int]] = []
+        self.starts: list[float] = []
         self.fail_once, self.step_s = fail_once, step_s
 
+    def queue(self, key: int, value: int) -> None:
+        self.queued.setdefault(key, []).append(value)
+
     def step(self) -> dict[int, tuple[int, int]]:
-        work, self.queued = self.queued, {}
+        self.starts.append(time.perf_counter())
+        work = {key: values.pop(0) for key, values in self.queued.items()}
+        self.queued = {key: values for key, values in self.queued.items() if values}
         self.batches.append(sorted(work))
         time.sleep(self.step_s)
         if self.fail_once:
@@ -30,7 +36,7 @@ class CountingEngine:
 
 
 async def exchange(loop: EngineLoop, engine: CountingEngine, key: int, value: int):
-    await loop.call(lambda: engine.queued.__setitem__(key, value), key=key)
+    await loop.call(lambda: engine.queue(key, value), key=key)
     result, _ = await loop.result(key)
     return result
 
@@ -107,6 +113,52 @@ def test_a_step_waits_for_half_of_the_sessions_due_back_within_a_step():
     merged, split = asyncio.run(run(0.5)), asyncio.run(run(0.0))
     assert len(merged) <= 9 and sum(len(b) == 4 for b in merged) >= 7, merged  # 8 rounds of 4
     assert len(split) >= 11, split  # session 0 runs ahead alone, then the others finish without it
+
+
+def test_a_step_queued_before_the_previous_result_is_read_runs_next_and_results_keep_their_order():
+    """A step sent ahead: queued while the previous one runs, it runs right after it."""
+
+    async def main():
+        engine = CountingEngine(step_s=0.02)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop.start()
+        for value in (1, 2, 3):  # three steps queued, no result read yet
+            await loop.call(lambda v=value: engine.queue(0, v), key=0)
+        await asyncio.sleep(0.2)  # all three have run
+        results = [(await asyncio.wait_for(loop.result(0), 5))[0] for _ in range(3)]
+        await loop.stop()
+        return results, engine.batches
+
+    results, batches = asyncio.run(main())
+    assert results == [(1, 1), (2, 1), (3, 1)]
+    assert batches == [[0], [0], [0]]
+
+
+def test_sessions_closed_while_their_step_runs_are_not_waited_for():
+    """Their results are dropped and they are not counted as due back: a lone session after them steps at once
+    (counted as three sessions due back, it would wait a whole step for them first)."""
+
+    async def main():
+        engine = CountingEngine(step_s=0.2)
+        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_batch_wait_ms=1000)
+        loop.start()
+        calls = asyncio.gather(*(loop.call(lambda k=key: engine.queue(k, k), key=key) for key in (1, 2, 3)))
+        await calls
+        while not engine.batches:
+            await asyncio.sleep(0.005)
+        for key in (1, 2, 3):  # what a cancelled call's handler does
+            loop.forget(key)
+            loop.post(lambda k=key: engine.queued.pop(k, None))
+        await asyncio.sleep(0.3)  # the step ends
+        sent = time.perf_counter()
+        assert await exchange(loop, engine, 4, 4) == (4, 1)
+        waited = engine.starts[-1] - sent
+        await loop.stop()
+        return engine.batches, waited
+
+    batches, waited = asyncio.run(main())
+    assert batches == [[1, 2, 3], [4]]
+    assert waited < 0.1, waited
 
 
 def test_stepping_is_set_exactly_while_a_step_runs_in_the_worker_thread():

@@ -1,14 +1,16 @@
-"""The verify servicer in process (no transport): what it publishes about acceptance."""
+"""The verify replica in process (engine and servicer, no transport): steps sent ahead, published acceptance."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from adaspec import SamplingParams
 from adaspec.engine.verify_engine import VerifyEngine
 from adaspec.serving.convert import params_to_proto
 from adaspec.v1 import common_pb2, verify_pb2
-from services.verify.service import VerifyService
+from services.verify.service import NO_DRAFTS, VerifyService, proposal_from_proto
 
 PROMPT = "def fib(n):"
 
@@ -59,3 +61,50 @@ def test_published_acceptance_is_per_step_and_ignores_steps_without_drafts(bundl
     assert [t for r in replies for t in r.token_ids] == expected[: sum(len(r.token_ids) for r in replies)]
     assert all(r.num_accepted == 1 for r in replies[1:])
     assert load.acceptance_rate == 0.5
+
+
+def test_only_steps_without_drafts_queue_behind_an_unverified_step_and_finishing_drops_them():
+    engine = VerifyEngine(seed=0)
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    seq = engine.open(PROMPT, params)
+    assert [r.seq_id for r in engine.step()] == [seq.seq_id]  # prefill: the first token
+    engine.submit(seq.seq_id, NO_DRAFTS)
+    engine.submit(seq.seq_id, NO_DRAFTS)  # sent ahead
+    drafts = proposal_from_proto(greedy_drafts([5]))
+    with pytest.raises(ValueError, match="step.token_ids: drafts sent before the previous step's reply"):
+        engine.submit(seq.seq_id, drafts)
+    assert [len(r.token_ids) for r in engine.step()] == [1]
+    final = engine.step()
+    assert final[0].finish_reason == "length" and seq.finished
+    assert not engine.has_ready_work()  # the step sent ahead of the final one is dropped
+    engine.close(seq.seq_id)
+
+
+def test_steps_sent_ahead_run_one_per_engine_step_and_the_final_reply_ends_the_session(bundled_engine):
+    """The client sends every step at once, more than the request needs: one engine step each, in order,
+    and the session ends with the final reply, its KV blocks back."""
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    expected = bundled_engine.generate([PROMPT], params, policy="none")[0].token_ids
+
+    async def scenario():
+        engine = VerifyEngine(seed=0)
+        free = engine.target_runner.kv_cache.blocks.num_free_blocks
+        service = VerifyService(engine, "verify-test", "default", "in-process")
+        service.loop.start()
+
+        async def requests():
+            yield verify_pb2.VerifyRequest(open=verify_pb2.VerifyOpen(prompt=PROMPT, params=params_to_proto(params)))
+            for _ in range(20):
+                yield verify_pb2.VerifyRequest(step=common_pb2.DraftTokens())
+
+        try:
+            replies = [reply async for reply in service.Session(requests(), context=None)]
+            await asyncio.sleep(0.05)  # the posted close
+            return replies, service.loop.steps, engine.target_runner.kv_cache.blocks.num_free_blocks - free
+        finally:
+            await service.loop.stop()
+
+    replies, steps, blocks_lost = asyncio.run(scenario())
+    assert [t for r in replies for t in r.token_ids] == expected
+    assert len(replies) == steps == 8 and replies[-1].finish_reason == "length"
+    assert blocks_lost == 0

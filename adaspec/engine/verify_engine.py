@@ -1,13 +1,16 @@
 """The target side of the engine, for the verify service: drafts arrive from a draft service.
 
 Sessions are opened with a prompt (prefill: the first step samples the first token from p) and then
-bring one `Proposal` per step. Every step packs the prompt chunks and the [last token, drafts] rows of
-every session that has a proposal waiting into one target forward and one batched rejection-sampling
-launch, exactly as the in-process `Engine` does; sessions still waiting for their drafts sit the step out.
+bring one `Proposal` per step; a proposal without drafts may queue behind the previous one (a step sent
+ahead: it needs nothing from the previous step's result). Every step packs the prompt chunks and the
+[last token, drafts] rows of every session that has a proposal waiting into one target forward and one
+batched rejection-sampling launch, exactly as the in-process `Engine` does; sessions still waiting for
+their drafts sit the step out.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +52,7 @@ class VerifyEngine(Engine):
 
     def __init__(self, target: str | None = None, **engine_args):
         super().__init__(target or BUNDLED_TARGET, None, **engine_args)
-        self._proposals: dict[int, Proposal] = {}
+        self._proposals: dict[int, deque[Proposal]] = {}  # per session, in step order
         self._external = ExternalDrafts()
 
     def open(self, prompt: Prompt, params: SamplingParams, resume_output: tuple[int, ...] | list[int] = ()) -> Sequence:
@@ -63,10 +66,17 @@ class VerifyEngine(Engine):
         return self._budget(seq, DraftBudget(self.max_spec_len)).max_tokens
 
     def submit(self, seq_id: int, proposal: Proposal) -> None:
-        """Queue one step's drafts for a decoding session. Raises ValueError on a malformed proposal."""
+        """Queue one step's drafts for a decoding session. Raises ValueError on a malformed proposal, or on
+        drafts queued behind another step (drafts continue the previous step's result)."""
         seq = self._sequences[seq_id]
-        if seq.status is not SequenceStatus.DECODING or seq_id in self._proposals:
+        if seq.status is not SequenceStatus.DECODING:
             raise ValueError(f"session {seq_id} is not waiting for drafts (status {seq.status.value})")
+        queued = self._proposals.get(seq_id)
+        if queued and proposal.token_ids:
+            raise ValueError("step.token_ids: drafts sent before the previous step's reply")
+        if queued:  # without drafts: nothing to check against the state after the previous step
+            queued.append(proposal)
+            return
         k, room = len(proposal.token_ids), self.max_draft_tokens(seq_id)
         if k > room:
             raise ValueError(f"step.token_ids: {k} draft tokens, at most {room} allowed now")
@@ -77,7 +87,7 @@ class VerifyEngine(Engine):
         ids_out_of_range = k and ((proposal.topk_ids < 0) | (proposal.topk_ids >= vocab)).any()
         if ids_out_of_range or any(not 0 <= t < vocab for t in proposal.token_ids):
             raise ValueError(f"step.token_ids: draft token ids must be in [0, {vocab})")
-        self._proposals[seq_id] = proposal
+        self._proposals[seq_id] = deque([proposal])
 
     def close(self, seq_id: int) -> None:
         """End a session, finished or not; its KV blocks go back to the pool."""
@@ -92,7 +102,7 @@ class VerifyEngine(Engine):
     def step(self) -> list[StepResult]:
         """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved."""
         ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]
-        proposals = [self._proposals.pop(s.seq_id) for s in ready]
+        proposals = [self._next_proposal(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
         prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
         drafts = self._stack(proposals)
@@ -101,10 +111,20 @@ class VerifyEngine(Engine):
         draft_tokens = drafts.tokens + [[]] * (len(verifying) - len(ready))
         num_accepted, emitted = self._verify(verifying, draft_tokens, drafts, logits)
         self._commit(verifying, drafts, num_accepted, emitted)
+        for s in verifying:
+            if s.finished:
+                self._proposals.pop(s.seq_id, None)  # a step sent ahead of the final one
         return [
             StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason)
             for i, s in enumerate(verifying)
         ]
+
+    def _next_proposal(self, seq_id: int) -> Proposal:
+        queued = self._proposals[seq_id]
+        proposal = queued.popleft()
+        if not queued:
+            del self._proposals[seq_id]
+        return proposal
 
     def _stack(self, proposals: list[Proposal]) -> Drafts:
         """One Drafts for the batch; sparse rows padded to the widest K with zero mass (ignored by the sampler)."""

@@ -14,6 +14,10 @@ nearly the full cost of a step. So the loop learns, per session, how long it tak
   - otherwise waits, for at most one recent step, while fewer than `min_batch_fraction` of the sessions
     back or due back within that step are in. At the default of one half the sessions settle into at
     most two groups: draft and verify can work on one each at the same time, and no group is a sliver.
+
+A session may queue its next step before it has read the previous step's result (a step without drafts
+that the coordinator sent ahead): the loop applies it right after that step, so the next step starts at
+once and the replies are written while it runs. Results wait, in order, until their session reads them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,12 +52,13 @@ class EngineLoop:
         self._step_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-step", initializer=init_thread)
         self.max_wait_ms, self.gather_fraction = max_wait_ms, gather_fraction
         self.min_batch_fraction, self.max_batch_wait_ms = min_batch_fraction, max_batch_wait_ms
-        self._replied_at: dict[int, float] = {}  # sessions answered and not back yet: when
-        self._back: set[int] = set()  # sessions that came back since the last step started
+        self._replied_at: dict[int, float] = {}  # sessions answered, with no step queued: when
+        self._queued: Counter[int] = Counter()  # per session, steps queued and not answered yet
         self._return_s: dict[int, float] = {}  # per session, EWMA of the time from reply to its next message
-        self._ops: list[tuple[Callable[[], Any], asyncio.Future | None]] = []
+        self._ops: list[tuple[Callable[[], Any], asyncio.Future | None, int | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
-        self._ready: dict[int, tuple[Any, float]] = {}  # results that arrived before their session asked
+        self._ready: dict[int, deque[tuple[Any, float]]] = {}  # results that arrived before their session asked
+        self._forgotten: set[int] = set()  # sessions closed while the current step ran: their results are dropped
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.step_latency_ms = 0.0  # EWMA of engine step time
@@ -71,21 +77,26 @@ class EngineLoop:
 
     async def call(self, op: Callable[[], Any], key: int | None = None) -> Any:
         """Apply `op` (it may touch the engine) before the next step and return its value. `key`: the
-        session this message continues (it times the session's return for gathering)."""
-        replied_at = self._replied_at.pop(key, None)
-        if replied_at is not None:
-            self._back.add(key)
-            gap = time.perf_counter() - replied_at
-            self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
+        session whose next step `op` queues, for one result (an op that raises queues nothing); it also
+        times the session's return for gathering."""
+        if key is not None:
+            replied_at = self._replied_at.pop(key, None)
+            if replied_at is not None:
+                gap = time.perf_counter() - replied_at
+                self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
+            self._queued[key] += 1
         done = asyncio.get_running_loop().create_future()
-        self._ops.append((op, done))
+        self._ops.append((op, done, key))
         self._wake.set()
         return await done
 
     async def result(self, key: int) -> tuple[Any, float]:
-        """The next step result for `key` (a session id) and that step's duration in ms."""
-        if key in self._ready:
-            return self._ready.pop(key)
+        """The next step result for `key` (a session id) and that step's duration in ms, in step order."""
+        ready = self._ready.get(key)
+        if ready:
+            if len(ready) == 1:
+                del self._ready[key]
+            return ready.popleft()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[key] = waiter
         try:
@@ -95,14 +106,16 @@ class EngineLoop:
 
     def post(self, op: Callable[[], Any]) -> None:
         """Apply `op` before the next step, without waiting (closing a session from a finally block)."""
-        self._ops.append((op, None))
+        self._ops.append((op, None, None))
         self._wake.set()
 
     def forget(self, key: int) -> None:
-        """Drop anything held for a closed session."""
+        """Drop anything held for a closed session (and its result from a step running now; the session's
+        close, posted after this, keeps it out of later steps)."""
+        self._forgotten.add(key)
         self._ready.pop(key, None)
         self._replied_at.pop(key, None)
-        self._back.discard(key)
+        self._queued.pop(key, None)
         self._return_s.pop(key, None)
         waiter = self._waiters.pop(key, None)
         if waiter is not None and not waiter.done():
@@ -125,7 +138,7 @@ class EngineLoop:
                     self._wake.set()
                 continue
             gathered_since, ready_since = ready_since, None
-            self._back.clear()
+            self._forgotten.clear()
             start = time.perf_counter()
             self.stepping = True
             try:
@@ -144,12 +157,14 @@ class EngineLoop:
                                      "gathered_ms": round((start - gathered_since) * 1e3, 2)})
             replied_at = time.perf_counter()
             for key, result in results.items():
-                self._replied_at[key] = replied_at
+                if key in self._forgotten:
+                    continue
+                self._unqueue(key, replied_at)
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result((result, elapsed_ms))
                 else:
-                    self._ready[key] = (result, elapsed_ms)
+                    self._ready.setdefault(key, deque()).append((result, elapsed_ms))
             self._wake.set()  # more may be ready already; an idle engine just goes back to waiting
 
     def _gather_until(self, ready_since: float) -> float:
@@ -158,20 +173,32 @@ class EngineLoop:
         if time.perf_counter() < soon and self._due_back_by(soon):
             return soon
         later = ready_since + min(self.step_latency_ms, self.max_batch_wait_ms) / 1e3
-        # too few back: this step would carry less than `min_batch_fraction` of those back or due back
-        too_few = len(self._back) < self.min_batch_fraction * (len(self._back) + self._due_back_by(later))
+        # too few in: this step would carry less than `min_batch_fraction` of the sessions in or due back
+        in_now = len(self._queued)
+        too_few = in_now < self.min_batch_fraction * (in_now + self._due_back_by(later))
         return later if too_few else 0.0
 
     def _due_back_by(self, when: float) -> int:
         """Sessions out that are expected back by `when` (one never timed yet is assumed to be)."""
         return sum(t + self._return_s.get(key, 0.0) <= when for key, t in self._replied_at.items())
 
+    def _unqueue(self, key: int, answered_at: float | None) -> None:
+        """One queued step of `key` answered (at `answered_at`) or refused (None)."""
+        if self._queued[key] > 1:
+            self._queued[key] -= 1  # its next step is queued already: still in
+            return
+        self._queued.pop(key, None)  # (a result with no step queued: a prefill after an open)
+        if answered_at is not None:
+            self._replied_at[key] = answered_at
+
     def _apply_ops(self) -> None:
         ops, self._ops = self._ops, []
-        for op, done in ops:
+        for op, done, key in ops:
             try:
                 value = op()
             except Exception as error:
+                if key is not None and key in self._queued:
+                    self._unqueue(key, None)
                 if done is None:
                     log.exception("%s: posted operation failed", self.name)
                 elif not done.done():

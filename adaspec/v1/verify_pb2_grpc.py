@@ -53,8 +53,11 @@ class VerifyServicer:
     def Session(self, request_iterator, context):
         """First message: open (prefill; the reply carries the first token). Then one step per message:
         the reply carries the accepted drafts plus the target's token. Half-close or cancel to close.
-        Steps after the final reply are ignored: a client with no drafts to wait for may send its next
-        step before it reads the reply, so the replica never waits for a round trip.
+        A client with no drafts to wait for may send its next step (without drafts) before it reads the
+        reply: the replica verifies it in the engine step right after the current one, never waiting for a
+        round trip. Steps after the final reply are ignored. Drafts continue the previous reply and are
+        never sent ahead (refused with INVALID_ARGUMENT when the previous step is not verified yet). At
+        most 2 steps per session are taken in flight; the replica reads no further until it replies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

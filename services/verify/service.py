@@ -3,12 +3,15 @@
 A session opens with the prompt (the reply carries the first token, sampled from p after prefill),
 then brings one set of drafts per step (the reply carries the accepted drafts and the target's token).
 All sessions of all coordinators share one continuous batch (`EngineLoop` over `VerifyEngine`).
+Steps are read as they arrive, apart from the replies: a step without drafts that the coordinator sent
+ahead joins the engine step right after the current one, while the current one's reply is written.
 Whatever ends the stream (finish, half-close, cancel, deadline, a coordinator that vanished) closes
 the session and returns its KV blocks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -29,6 +32,19 @@ from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 log = logging.getLogger(__name__)
 NO_DRAFTS = Proposal([], torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1))  # a k = 0 step (read-only)
 SERVICE_NAME = verify_pb2.DESCRIPTOR.services_by_name["Verify"].full_name
+MAX_STEPS_IN_FLIGHT = 2  # per session: the step being verified and one sent ahead; reading waits beyond
+
+
+class StepRefused(Exception):
+    """A session's step message was refused: end the call with `status`."""
+
+    def __init__(self, status: grpc.Status):
+        super().__init__(status.details)
+        self.status = status
+
+
+class SessionFinished(Exception):
+    """A step arrived after the session's final step (sent ahead of the final reply): ignored."""
 
 
 class VerifyService(verify_pb2_grpc.VerifyServicer):
@@ -52,7 +68,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         if self.sessions >= self.max_sessions:
             await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"verify replica {self.replica_id} is full ({self.sessions} sessions)", retry_after_s=0.5)
-        seq_id = None
+        seq_id, reader = None, None
         self.sessions += 1
         try:
             seq = await self._open(first.open, context)
@@ -63,27 +79,58 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             reply = await self._next_reply(seq, text, time.perf_counter(), drafted=None)
             reply.prompt_token_ids[:] = seq.token_ids[: seq.num_prompt_tokens]
             yield reply
-            async for request in request_iterator:
-                if seq.finished:
-                    break  # a step sent ahead of the final reply (see verify.proto)
-                if request.WhichOneof("kind") != "step":
-                    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a step message", field="step")
-                sent = time.perf_counter()
-                try:
-                    proposal = proposal_from_proto(request.step)
-                    await self.loop.call(lambda: self.engine.submit(seq.seq_id, proposal), key=seq.seq_id)
-                except ValueError as error:
-                    await context.abort_with_status(invalid_argument_from(error, "step"))
-                yield await self._next_reply(seq, text, sent, drafted=len(proposal.token_ids))
+            steps, in_flight = asyncio.Queue(), asyncio.Semaphore(MAX_STEPS_IN_FLIGHT)
+            reader = asyncio.create_task(self._read_steps(seq, request_iterator, steps, in_flight))
+            while not reply.finish_reason:
+                step = await steps.get()
+                if step is None:
+                    break  # the coordinator half-closed
+                if isinstance(step, BaseException):
+                    raise step
+                sent, drafted = step
+                reply = await self._next_reply(seq, text, sent, drafted)
+                in_flight.release()
+                yield reply
+        except StepRefused as error:
+            await context.abort_with_status(error.status)
         except EngineStopped as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         except EngineStepFailed as error:
             await abort(context, grpc.StatusCode.INTERNAL, str(error))
         finally:
+            if reader is not None:
+                reader.cancel()
             self.sessions -= 1
             if seq_id is not None:
                 self.loop.forget(seq_id)
                 self.loop.post(lambda: self.engine.close(seq_id))
+
+    async def _read_steps(self, seq, requests, steps: asyncio.Queue, in_flight: asyncio.Semaphore) -> None:
+        """Queue each step in the engine as it arrives and put (arrival time, number of drafts) on `steps`;
+        at the end put None (half-close) or the exception that ends the call."""
+        try:
+            async for request in requests:
+                if request.WhichOneof("kind") != "step":
+                    raise StepRefused(rich_status(grpc.StatusCode.INVALID_ARGUMENT, "expected a step message",
+                                                  field="step"))
+                sent = time.perf_counter()
+                await in_flight.acquire()
+                try:
+                    proposal = proposal_from_proto(request.step)
+                    await self.loop.call(lambda: self._submit(seq, proposal), key=seq.seq_id)
+                except ValueError as error:
+                    raise StepRefused(invalid_argument_from(error, "step")) from error
+                steps.put_nowait((sent, len(proposal.token_ids)))
+            steps.put_nowait(None)
+        except SessionFinished:
+            pass  # the final reply ends the call
+        except Exception as error:  # noqa: BLE001 - handed to the call's handler, which ends the call with it
+            steps.put_nowait(error)
+
+    def _submit(self, seq, proposal: Proposal) -> None:
+        if seq.finished:
+            raise SessionFinished
+        self.engine.submit(seq.seq_id, proposal)
 
     async def _open(self, msg: verify_pb2.VerifyOpen, context):
         if bool(msg.prompt) == bool(msg.prompt_token_ids):
