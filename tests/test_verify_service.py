@@ -71,7 +71,7 @@ def test_only_steps_without_drafts_queue_behind_an_unverified_step_and_finishing
     engine.submit(seq.seq_id, NO_DRAFTS)
     engine.submit(seq.seq_id, NO_DRAFTS)  # sent ahead
     drafts = proposal_from_proto(greedy_drafts([5]))
-    with pytest.raises(ValueError, match="step.token_ids: drafts sent before the previous step's reply"):
+    with pytest.raises(ValueError, match="step.token_ids: drafts sent before the previous step was verified"):
         engine.submit(seq.seq_id, drafts)
     assert [len(r.token_ids) for r in engine.step()] == [1]
     final = engine.step()
@@ -104,7 +104,7 @@ def test_steps_sent_ahead_run_one_per_engine_step_and_the_final_reply_ends_the_s
         finally:
             await service.loop.stop()
 
-    replies, steps, blocks_lost = asyncio.run(scenario())
+    replies, steps, free_blocks_change = asyncio.run(scenario())
     assert [t for r in replies for t in r.token_ids] == expected
     assert len(replies) == steps == 8 and replies[-1].finish_reason == "length"
-    assert blocks_lost == 0
+    assert free_blocks_change == 0

@@ -73,7 +73,7 @@ class VerifyEngine(Engine):
             raise ValueError(f"session {seq_id} is not waiting for drafts (status {seq.status.value})")
         queued = self._proposals.get(seq_id)
         if queued and proposal.token_ids:
-            raise ValueError("step.token_ids: drafts sent before the previous step's reply")
+            raise ValueError("step.token_ids: drafts sent before the previous step was verified")
         if queued:  # without drafts: nothing to check against the state after the previous step
             queued.append(proposal)
             return
