@@ -1,7 +1,8 @@
 """One request's life in the coordinator, step by step:
 
     open     lease a verify replica, open its session: prefill, the first token (another replica if it fails)
-    propose  the draft session commits what was accepted and drafts k tokens (the policy's budget)
+    propose  ask the draft session to commit what was accepted and draft k tokens (the policy's budget),
+             before the client is written to, so the draft works meanwhile
     verify   the verify session checks them: accepted drafts, then the target's own token
     stream   yield the committed tokens and text to the client
     close    half-close both sessions (cancel them on error), release both leases
@@ -88,6 +89,9 @@ class Session:
         self.sent_ahead = next_message is not None
         if next_message is not None:
             await self.call.write(next_message)
+        return await self.receive()
+
+    async def receive(self):
         reply = await self.call.read()
         if reply is grpc.aio.EOF:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -120,10 +124,13 @@ class RequestRun:
             yield self.stream(reply)
             if self.spec.policy.uses_draft and not reply.finish_reason:
                 await self.open_draft(self.counters.prompt_token_ids)
+                await self.propose(reply)
             while not reply.finish_reason:
-                drafts = await self.propose(reply)
-                reply = await self.verify_step(drafts)
-                yield self.stream(reply)
+                reply = await self.verify_step(await self.drafts())
+                message = self.stream(reply)
+                if not reply.finish_reason:
+                    await self.propose(reply)  # before the client write: the draft works meanwhile
+                yield message
             ok = True
         finally:  # concurrently: a cancel landing in one close must not skip the other
             await asyncio.gather(*(s.close(ok) for s in (self.draft, self.verify) if s is not None))
@@ -174,17 +181,26 @@ class RequestRun:
         except (RequestFailed, grpc.aio.AioRpcError) as error:
             await self._drop_draft(error)
 
-    async def propose(self, reply: verify_pb2.VerifyResponse) -> common_pb2.DraftTokens:
-        """The draft commits the verify pool's tokens and drafts up to the policy's k (capped by the room left)."""
+    async def propose(self, reply: verify_pb2.VerifyResponse) -> None:
+        """Ask the draft to commit the verify pool's tokens and draft up to the policy's k (capped by the room
+        left); `drafts()` reads them."""
         if self.draft is None:
-            return common_pb2.DraftTokens()
+            return
         budget = self.spec.policy.budgets([self])[0]
         step = draft_pb2.DraftStep(num_accepted=reply.num_accepted, token_ids=reply.token_ids,
                                    max_draft_tokens=min(budget.max_tokens, reply.max_draft_tokens, self.max_spec_len),
                                    min_confidence=budget.min_confidence)
         try:
-            return (await self.draft.exchange(draft_pb2.DraftRequest(step=step,
-                                                                     traceparent=self.spec.traceparent))).drafts
+            await self.draft.call.write(draft_pb2.DraftRequest(step=step, traceparent=self.spec.traceparent))
+        except grpc.aio.AioRpcError as error:
+            await self._drop_draft(error)
+
+    async def drafts(self) -> common_pb2.DraftTokens:
+        """The drafts asked for by `propose` (none without a draft session, or when it just failed)."""
+        if self.draft is None:
+            return common_pb2.DraftTokens()
+        try:
+            return (await self.draft.receive()).drafts
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
             return common_pb2.DraftTokens()
