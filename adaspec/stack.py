@@ -185,7 +185,6 @@ def _die_with_parent() -> None:
         pass
 
 
-
 def tail(path: Path, lines: int = 80) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

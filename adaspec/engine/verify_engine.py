@@ -45,6 +45,7 @@ class StepResult:
     token_ids: list[int]  # committed this step: accepted drafts then the target's token (or the first token)
     num_accepted: int
     finish_reason: str | None  # None while running
+    max_draft_tokens: int  # the most drafts the next step may bring (0 once finished)
 
 
 class VerifyEngine(Engine):
@@ -91,7 +92,6 @@ class VerifyEngine(Engine):
 
     def close(self, seq_id: int) -> None:
         """End a session, finished or not; its KV blocks go back to the pool."""
-        self._proposals.pop(seq_id, None)
         self.abort(seq_id)
         self._sequences.pop(seq_id, None)
 
@@ -111,13 +111,15 @@ class VerifyEngine(Engine):
         draft_tokens = drafts.tokens + [[]] * (len(verifying) - len(ready))
         num_accepted, emitted = self._verify(verifying, draft_tokens, drafts, logits)
         self._commit(verifying, drafts, num_accepted, emitted)
-        for s in verifying:
-            if s.finished:
-                self._proposals.pop(s.seq_id, None)  # a step sent ahead of the final one
         return [
-            StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason)
+            StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason,
+                       0 if s.finished else self.max_draft_tokens(s.seq_id))
             for i, s in enumerate(verifying)
         ]
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        super()._finish(seq, reason)
+        self._proposals.pop(seq.seq_id, None)  # a step sent ahead of the final one
 
     def _next_proposal(self, seq_id: int) -> Proposal:
         queued = self._proposals[seq_id]

@@ -27,10 +27,10 @@ class StreamingDetokenizer:
         self.output.add(token_ids)
         if finished:
             self.output.flush()
-        text = self.output.text
-        if finished:
+            text = self.output.text
             end = stop_text_index if stop_text_index is not None else len(text)
         else:
+            text = self.output.text
             end = len(text) - self._held_back(text)
         if end <= self.sent:
             return ""

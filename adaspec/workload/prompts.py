@@ -85,8 +85,8 @@ def prompt_texts(n: int, seed: int = 0, max_chars: int = 8000) -> list[str]:
 
 
 def prompt_for(num_tokens: int, snippet_source: str, tokenize: Callable[[str], list[int]]) -> str:
-    """A prefix of `snippet_source` whose tokenization has about
-    `num_tokens` tokens, never more when the tokenizer is monotone in the prefix.
+    """A prefix of `snippet_source` whose tokenization has about `num_tokens` tokens, never more when the
+    tokenizer is monotone in the prefix.
 
     Cut at the last line boundary that fits; when that falls short of 90 % of the target (a long line), the
     cut moves into the next line, by characters. The source is repeated if it is too short. Each call

@@ -163,7 +163,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             num_accepted=result.num_accepted,
             text=text.add(result.token_ids, finished, seq.stop_text_index),
             finish_reason=result.finish_reason or "",
-            max_draft_tokens=0 if finished else self.engine.max_draft_tokens(seq.seq_id),
+            max_draft_tokens=result.max_draft_tokens,
             queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
             step_ms=step_ms,
         )
