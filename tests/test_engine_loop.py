@@ -8,11 +8,13 @@ import time
 
 import pytest
 
+from adaspec.serving.engine_core import ThreadCore
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed
 
 
 class CountingEngine:
-    """Each step answers every session with work queued: (its oldest value, how many sessions shared the step)."""
+    """An engine target. Each step answers every session with work queued: (its oldest value, how many
+    sessions shared the step)."""
 
     def __init__(self, fail_once: bool = False, step_s: float = 0.0):
         self.queued: dict[int, list[int]] = {}
@@ -20,8 +22,17 @@ class CountingEngine:
         self.starts: list[float] = []
         self.fail_once, self.step_s = fail_once, step_s
 
+    def info(self) -> dict:
+        return {}
+
+    def status(self) -> dict:
+        return {"has_work": bool(self.queued)}
+
     def queue(self, key: int, value: int) -> None:
         self.queued.setdefault(key, []).append(value)
+
+    def drop(self, key: int) -> None:
+        self.queued.pop(key, None)
 
     def step(self) -> dict[int, tuple[int, int]]:
         self.starts.append(time.perf_counter())
@@ -36,7 +47,7 @@ class CountingEngine:
 
 
 async def exchange(loop: EngineLoop, engine: CountingEngine, key: int, value: int):
-    await loop.call(lambda: engine.queue(key, value), key=key)
+    await loop.call(("queue", (key, value)), key=key)
     result, _ = await loop.result(key)
     return result
 
@@ -44,7 +55,7 @@ async def exchange(loop: EngineLoop, engine: CountingEngine, key: int, value: in
 def test_sessions_queued_together_share_a_step_and_get_their_own_results():
     async def main():
         engine = CountingEngine()
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop = EngineLoop(ThreadCore(engine, "test"), "test")
         loop.start()
         results = await asyncio.gather(*(exchange(loop, engine, k, 10 * k) for k in range(5)))
         await loop.stop()
@@ -58,7 +69,7 @@ def test_sessions_queued_together_share_a_step_and_get_their_own_results():
 def test_a_failed_step_fails_only_its_sessions_and_the_loop_goes_on():
     async def main():
         engine = CountingEngine(fail_once=True)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop = EngineLoop(ThreadCore(engine, "test"), "test")
         loop.start()
         with pytest.raises(EngineStepFailed, match="boom"):
             await exchange(loop, engine, 1, 1)
@@ -74,7 +85,7 @@ def test_a_session_due_back_soon_is_gathered_into_the_next_step():
 
     async def main():
         engine = CountingEngine(step_s=0.02)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_wait_ms=20)
+        loop = EngineLoop(ThreadCore(engine, "test"), "test", max_wait_ms=20)
         loop.start()
 
         async def session(key: int, think_s: float):
@@ -97,7 +108,7 @@ def test_a_step_waits_for_half_of_the_sessions_due_back_within_a_step():
 
     async def run(min_batch_fraction: float) -> list[list[int]]:
         engine = CountingEngine(step_s=0.02)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_wait_ms=2,
+        loop = EngineLoop(ThreadCore(engine, "test"), "test", max_wait_ms=2,
                           min_batch_fraction=min_batch_fraction)
         loop.start()
 
@@ -120,10 +131,10 @@ def test_a_step_queued_before_the_previous_result_is_read_runs_next_and_results_
 
     async def main():
         engine = CountingEngine(step_s=0.02)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
+        loop = EngineLoop(ThreadCore(engine, "test"), "test")
         loop.start()
         for value in (1, 2, 3):  # three steps queued, no result read yet
-            await loop.call(lambda v=value: engine.queue(0, v), key=0)
+            await loop.call(("queue", (0, value)), key=0)
         await asyncio.sleep(0.2)  # all three have run
         results = [(await asyncio.wait_for(loop.result(0), 5))[0] for _ in range(3)]
         await loop.stop()
@@ -140,15 +151,15 @@ def test_sessions_closed_while_their_step_runs_are_not_waited_for():
 
     async def main():
         engine = CountingEngine(step_s=0.2)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test", max_batch_wait_ms=1000)
+        loop = EngineLoop(ThreadCore(engine, "test"), "test", max_batch_wait_ms=1000)
         loop.start()
-        calls = asyncio.gather(*(loop.call(lambda k=key: engine.queue(k, k), key=key) for key in (1, 2, 3)))
+        calls = asyncio.gather(*(loop.call(("queue", (key, key)), key=key) for key in (1, 2, 3)))
         await calls
         while not engine.batches:
             await asyncio.sleep(0.005)
         for key in (1, 2, 3):  # what a cancelled call's handler does
             loop.forget(key)
-            loop.post(lambda k=key: engine.queued.pop(k, None))
+            loop.post(("drop", (key,)))
         await asyncio.sleep(0.3)  # the step ends
         sent = time.perf_counter()
         assert await exchange(loop, engine, 4, 4) == (4, 1)
@@ -161,47 +172,30 @@ def test_sessions_closed_while_their_step_runs_are_not_waited_for():
     assert waited < 0.1, waited
 
 
-def test_stepping_is_set_exactly_while_a_step_runs_in_the_worker_thread():
-    """What a service checks before reading the engine from the event loop (its load snapshot)."""
-
-    async def main():
-        engine = CountingEngine(step_s=0.3)
-        loop = EngineLoop(engine.step, lambda: bool(engine.queued), "test")
-        loop.start()
-        assert not loop.stepping
-        pending = asyncio.ensure_future(exchange(loop, engine, 1, 10))
-        deadline = time.monotonic() + 5
-        while not engine.batches:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-        during = loop.stepping
-        await pending
-        after = loop.stepping
-        await loop.stop()
-        return during, after
-
-    assert asyncio.run(main()) == (True, False)
-
-
 STEP_THREAD_PROBE = """
 import asyncio, os, sys, torch
+from adaspec.serving.engine_core import ThreadCore
 from adaspec.serving.engine_loop import EngineLoop
 from adaspec.serving.replica import same_torch_threads
 
 torch.set_num_threads(1)
 threads = lambda: len(os.listdir("/proc/self/task"))
 
-def step():
-    before = threads()
-    a = torch.randn(512, 512)
-    for _ in range(20):
-        a = (a @ a).tanh()
-    return {0: threads() - before}  # OS threads that intra-op parallelism started
+class Probe:
+    info = status = lambda self: {"has_work": True}
+
+    def step(self):
+        before = threads()
+        a = torch.randn(512, 512)
+        for _ in range(20):
+            a = (a @ a).tanh()
+        return {0: threads() - before}  # OS threads that intra-op parallelism started
 
 async def main():
-    loop = EngineLoop(step, lambda: True, "probe", init_thread=same_torch_threads() if sys.argv[1] == "1" else None)
+    init = same_torch_threads() if sys.argv[1] == "1" else None
+    loop = EngineLoop(ThreadCore(Probe(), "probe", init_thread=init), "probe")
     loop.start()
-    await loop.call(lambda: None)
+    await loop.call(("status", ()))
     started, _ = await loop.result(0)
     await loop.stop()
     print(started)

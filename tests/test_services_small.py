@@ -1,5 +1,6 @@
 """A small stack on the in-process load store (one verify replica of one session plus one queued, one
-draft): capacity, a draft that dies mid-request, and the last verify replica failing mid-stream.
+draft), each running its engine in a process of its own: capacity, a draft that dies mid-request, and the
+last verify replica's engine process dying mid-stream.
 
 Its own module, so the larger Redis-backed stack of `test_services.py` is down before this one starts.
 """
@@ -7,6 +8,9 @@ Its own module, so the larger Redis-backed stack of `test_services.py` is down b
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 
 import pytest
@@ -20,7 +24,10 @@ from tests.test_services import replica_load
 
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory):
-    config = StackConfig(verify_replicas=1, draft_replicas=1, verify_args=["--max-num-seqs", "1", "--max-waiting", "1"],
+    # engines in processes of their own (on CPU the default is a thread; `test_services.py` runs that)
+    engine_process = ["--engine-core", "process"]
+    config = StackConfig(verify_replicas=1, draft_replicas=1, draft_args=engine_process,
+                         verify_args=["--max-num-seqs", "1", "--max-waiting", "1", *engine_process],
                          coordinator_args=["--ttl-s", "1.5"], log_dir=str(tmp_path_factory.mktemp("small-logs")))
     with Stack(config) as stack:
         yield stack
@@ -65,13 +72,30 @@ def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundl
     assert [t for c in chunks for t in c.token_ids] == expected.token_ids
 
 
-def test_the_last_verify_replica_failing_mid_stream_gets_unavailable_naming_it(small_stack):
+def engine_process(stack, name: str) -> int:
+    """The pid of a replica's engine process (named `<kind>-core`, see `adaspec.serving.engine_core`)."""
+    service = stack.processes[name].popen.pid
+    for task in os.listdir(f"/proc/{service}/task"):
+        for child in open(f"/proc/{service}/task/{task}/children").read().split():
+            if open(f"/proc/{child}/comm").read().strip().endswith("-core"):
+                return int(child)
+    raise LookupError(f"{name} has no engine process")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the engine process through /proc")
+def test_the_last_verify_replicas_engine_dying_mid_stream_gets_unavailable_and_the_replica_exits(small_stack):
+    """A crash inside the replica (its engine process), not of the whole replica: the replica says so to
+    the request in flight and exits with an error, instead of serving without an engine."""
+    replica = small_stack.processes["verify-0"]
     with Client(small_stack.address, max_retries=0) as client:
         stream = client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none")
         next(stream)
-        small_stack.kill("verify-0")
+        os.kill(engine_process(small_stack, "verify-0"), signal.SIGKILL)
         with pytest.raises(Unavailable, match="verify-0"):
             for _ in stream:
                 pass
+        assert replica.popen.wait(15) != 0
+        small_stack.killed.add("verify-0")  # its exit code is checked here, not by the fixture
+        assert "its engine process exited" in replica.log_path.read_text()
         with pytest.raises(Unavailable):
             client.generate("def f():", max_tokens=4)

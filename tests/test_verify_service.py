@@ -9,10 +9,17 @@ import pytest
 from adaspec import SamplingParams
 from adaspec.engine.verify_engine import VerifyEngine
 from adaspec.serving.convert import params_to_proto
+from adaspec.serving.engine_core import ThreadCore
 from adaspec.v1 import common_pb2, verify_pb2
-from services.verify.service import NO_DRAFTS, VerifyService, proposal_from_proto
+from services.verify.core import NO_DRAFTS, VerifyTarget, proposal_from_proto
+from services.verify.service import VerifyService
 
 PROMPT = "def fib(n):"
+
+
+def in_process_service(engine: VerifyEngine) -> VerifyService:
+    return VerifyService(ThreadCore(VerifyTarget(engine), "verify"), engine.tokenizer, "verify-test", "default",
+                         "in-process")
 
 
 def greedy_drafts(tokens: list[int]) -> common_pb2.DraftTokens:
@@ -44,7 +51,7 @@ def test_published_acceptance_is_per_step_and_ignores_steps_without_drafts(bundl
     wrong = lambda i: (expected[i] + 1) % len(bundled_engine.tokenizer)  # noqa: E731
 
     async def scenario():
-        service = VerifyService(VerifyEngine(seed=0), "verify-test", "default", "in-process")
+        service = in_process_service(VerifyEngine(seed=0))
         service.loop.start()
         try:
             # without drafts: nothing to say about acceptance, however many steps
@@ -89,7 +96,7 @@ def test_steps_sent_ahead_run_one_per_engine_step_and_the_final_reply_ends_the_s
     async def scenario():
         engine = VerifyEngine(seed=0)
         free = engine.target_runner.kv_cache.blocks.num_free_blocks
-        service = VerifyService(engine, "verify-test", "default", "in-process")
+        service = in_process_service(engine)
         service.loop.start()
 
         async def requests():

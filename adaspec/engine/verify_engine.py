@@ -46,6 +46,7 @@ class StepResult:
     num_accepted: int
     finish_reason: str | None  # None while running
     max_draft_tokens: int  # the most drafts the next step may bring (0 once finished)
+    stop_text_index: int | None  # where a matched stop string starts in the output text
 
 
 class VerifyEngine(Engine):
@@ -65,6 +66,9 @@ class VerifyEngine(Engine):
         """The most drafts the session's next step may bring: max_spec_len, capped by the tokens left."""
         seq = self._sequences[seq_id]
         return self._budget(seq, DraftBudget(self.max_spec_len)).max_tokens
+
+    def is_finished(self, seq_id: int) -> bool:
+        return self._sequences[seq_id].finished
 
     def submit(self, seq_id: int, proposal: Proposal) -> None:
         """Queue one step's drafts for a decoding session. Raises ValueError on a malformed proposal, or on
@@ -113,7 +117,7 @@ class VerifyEngine(Engine):
         self._commit(verifying, drafts, num_accepted, emitted)
         return [
             StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason,
-                       0 if s.finished else self.max_draft_tokens(s.seq_id))
+                       0 if s.finished else self.max_draft_tokens(s.seq_id), s.stop_text_index)
             for i, s in enumerate(verifying)
         ]
 

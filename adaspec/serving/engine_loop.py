@@ -1,9 +1,10 @@
-"""Continuous batching for a service: one worker thread runs engine steps; sessions talk to it from asyncio.
+"""Continuous batching for a service: sessions talk from asyncio to an engine that steps elsewhere.
 
-Sessions never touch the engine while a step runs. They queue operations (open, submit, close); the
-loop applies every queued operation between two steps on the event loop thread, then runs one step over
-everything that is ready in a worker thread, and hands each session its result. So each step takes all
-the work that arrived while the previous one ran: no session waits for another to finish.
+Sessions never touch the engine. They queue commands (open, submit, close); the loop applies every
+queued command between two steps, then runs one step over everything that is ready, and hands each
+session its result. So each step takes all the work that arrived while the previous one ran: no session
+waits for another to finish. Where the engine runs (a worker thread, or a process of its own) is the
+`EngineCore`'s business (`adaspec.serving.engine_core`).
 
 Gathering: a session's next message comes back some time after its reply: one coordinator round trip,
 plus a draft step when the verify pool waits for drafts. Stepping the moment the first message arrives
@@ -26,9 +27,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from adaspec.serving.engine_core import Command, EngineCore, EngineCoreGone, Failed
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,15 @@ class EngineStepFailed(RuntimeError):
 
 
 class EngineLoop:
-    """`init_thread` runs once in the step thread before its first step (a service passes torch's thread
-    count: OpenMP settings are per thread, so a new thread would otherwise use every core)."""
-
-    def __init__(self, step: Callable[[], dict[int, Any]], has_work: Callable[[], bool], name: str,
-                 max_wait_ms: float = 10.0, gather_fraction: float = 0.5, min_batch_fraction: float = 0.5,
-                 max_batch_wait_ms: float = 50.0, init_thread: Callable[[], None] | None = None):
-        self._step, self._has_work, self.name = step, has_work, name
-        self._step_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-step", initializer=init_thread)
+    def __init__(self, core: EngineCore, name: str, max_wait_ms: float = 10.0, gather_fraction: float = 0.5,
+                 min_batch_fraction: float = 0.5, max_batch_wait_ms: float = 50.0):
+        self.core, self.name = core, name
         self.max_wait_ms, self.gather_fraction = max_wait_ms, gather_fraction
         self.min_batch_fraction, self.max_batch_wait_ms = min_batch_fraction, max_batch_wait_ms
         self._replied_at: dict[int, float] = {}  # sessions answered, with no step queued: when
         self._queued: Counter[int] = Counter()  # per session, steps queued and not answered yet
         self._return_s: dict[int, float] = {}  # per session, EWMA of the time from reply to its next message
-        self._ops: list[tuple[Callable[[], Any], asyncio.Future | None, int | None]] = []
+        self._commands: list[tuple[Command, asyncio.Future | None, int | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
         self._ready: dict[int, deque[tuple[Any, float]]] = {}  # results that arrived before their session asked
         self._forgotten: set[int] = set()  # sessions closed while the current step ran: their results are dropped
@@ -63,7 +59,7 @@ class EngineLoop:
         self._task: asyncio.Task | None = None
         self.step_latency_ms = 0.0  # EWMA of engine step time
         self.steps = 0
-        self.stepping = False  # a step runs in the worker thread: the engine must not be read from the loop
+        self._stopped: EngineStopped | None = None  # set once the engine can run nothing more
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-engine-loop")
@@ -72,13 +68,15 @@ class EngineLoop:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._step_thread.shutdown(wait=False)  # a step still running ends on its own; none starts
-        self._fail_all(EngineStopped(f"{self.name} engine stopped"))
+        await self.core.stop()
+        self._stop_all(EngineStopped(f"{self.name} engine stopped"))
 
-    async def call(self, op: Callable[[], Any], key: int | None = None) -> Any:
-        """Apply `op` (it may touch the engine) before the next step and return its value. `key`: the
-        session whose next step `op` queues, for one result (an op that raises queues nothing); it also
-        times the session's return for gathering."""
+    async def call(self, command: Command, key: int | None = None) -> Any:
+        """Apply `command` before the next step and return its value (or raise its error). `key`: the
+        session whose next step `command` queues, for one result (a command that raises queues nothing);
+        it also times the session's return for gathering."""
+        if self._stopped is not None:
+            raise self._stopped
         if key is not None:
             replied_at = self._replied_at.pop(key, None)
             if replied_at is not None:
@@ -86,7 +84,7 @@ class EngineLoop:
                 self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
             self._queued[key] += 1
         done = asyncio.get_running_loop().create_future()
-        self._ops.append((op, done, key))
+        self._commands.append((command, done, key))
         self._wake.set()
         return await done
 
@@ -97,6 +95,8 @@ class EngineLoop:
             if len(ready) == 1:
                 del self._ready[key]
             return ready.popleft()
+        if self._stopped is not None:
+            raise self._stopped
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[key] = waiter
         try:
@@ -104,9 +104,9 @@ class EngineLoop:
         finally:
             self._waiters.pop(key, None)
 
-    def post(self, op: Callable[[], Any]) -> None:
-        """Apply `op` before the next step, without waiting (closing a session from a finally block)."""
-        self._ops.append((op, None, None))
+    def post(self, command: Command) -> None:
+        """Apply `command` before the next step, without waiting (closing a session from a finally block)."""
+        self._commands.append((command, None, None))
         self._wake.set()
 
     def forget(self, key: int) -> None:
@@ -126,8 +126,8 @@ class EngineLoop:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._apply_ops()
-            if not self._has_work():
+            await self._apply_commands()
+            if not self.core.status.get("has_work"):
                 continue
             ready_since = ready_since or time.perf_counter()
             wait_until = self._gather_until(ready_since)
@@ -140,16 +140,16 @@ class EngineLoop:
             gathered_since, ready_since = ready_since, None
             self._forgotten.clear()
             start = time.perf_counter()
-            self.stepping = True
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self._step_thread, self._step)
+                results = await self.core.step()
+            except EngineCoreGone as error:
+                self._stop_all(EngineStopped(str(error)))
+                continue
             except Exception as error:  # a failed step fails the sessions in it, not the service
                 log.exception("%s engine step failed", self.name)
                 self._fail_all(EngineStepFailed(f"{self.name} engine step failed: {error!r}"))
                 self._wake.set()
                 continue
-            finally:
-                self.stepping = False
             elapsed_ms = (time.perf_counter() - start) * 1e3
             self.step_latency_ms = elapsed_ms if not self.steps else 0.8 * self.step_latency_ms + 0.2 * elapsed_ms
             self.steps += 1
@@ -191,21 +191,29 @@ class EngineLoop:
         if answered_at is not None:
             self._replied_at[key] = answered_at
 
-    def _apply_ops(self) -> None:
-        ops, self._ops = self._ops, []
-        for op, done, key in ops:
-            try:
-                value = op()
-            except Exception as error:
+    async def _apply_commands(self) -> None:
+        queued, self._commands = self._commands, []
+        if not queued:
+            return
+        try:
+            outcomes = await self.core.apply([command for command, _, _ in queued])
+        except EngineCoreGone as error:
+            self._stop_all(EngineStopped(str(error)))
+            outcomes = [Failed(self._stopped)] * len(queued)
+        for (command, done, key), outcome in zip(queued, outcomes, strict=True):
+            if isinstance(outcome, Failed):
                 if key is not None and key in self._queued:
                     self._unqueue(key, None)
                 if done is None:
-                    log.exception("%s: posted operation failed", self.name)
+                    log.error("%s: posted command %s failed: %r", self.name, command[0], outcome.error)
                 elif not done.done():
-                    done.set_exception(error)
-                continue
-            if done is not None and not done.done():
-                done.set_result(value)
+                    done.set_exception(outcome.error)
+            elif done is not None and not done.done():
+                done.set_result(outcome)
+
+    def _stop_all(self, error: EngineStopped) -> None:
+        self._stopped = self._stopped or error
+        self._fail_all(self._stopped)
 
     def _fail_all(self, error: BaseException) -> None:
         waiters, self._waiters = self._waiters, {}

@@ -83,6 +83,10 @@ class ServiceHost:
             await self.server.stop(max(0.0, deadline - time.monotonic()))
             log.info("stopped", extra={"address": self.address})
 
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (from inside the service: its engine is gone)."""
+        self._stopping.set()
+
     async def run_until_signal(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,13 +17,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, address: str):
-    from adaspec.engine.draft_engine import DraftEngine
+    from adaspec.serving.replica import start_engine_core
+    from services.draft.core import DraftTarget
     from services.draft.service import DraftService
 
-    engine = DraftEngine(args.draft, device=args.device,
-                         kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
-                         max_spec_len=args.max_spec_len)
-    return DraftService(engine, args.replica_id, address, max_sessions=args.max_sessions)
+    engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len,
+                       kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None)
+    core = start_engine_core(args, "draft", DraftTarget.build, engine_args)
+    return DraftService(core, args.replica_id, address, max_sessions=args.max_sessions)
 
 
 def main(args) -> None:

@@ -20,15 +20,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, address: str):
-    from adaspec.engine.verify_engine import VerifyEngine
+    from transformers import AutoTokenizer
+
+    from adaspec.serving.replica import start_engine_core
+    from services.verify.core import VerifyTarget
     from services.verify.service import VerifyService
 
-    engine = VerifyEngine(
-        args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
+    engine_args = dict(
+        target=args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_spec_len=args.max_spec_len, seed=0,
     )
-    return VerifyService(engine, args.replica_id, args.pool, address, max_waiting=args.max_waiting)
+    core = start_engine_core(args, "verify", VerifyTarget.build, engine_args)
+    tokenizer = AutoTokenizer.from_pretrained(core.info["tokenizer_path"])
+    return VerifyService(core, tokenizer, args.replica_id, args.pool, address, max_waiting=args.max_waiting)
 
 
 def main(args) -> None:

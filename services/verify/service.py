@@ -6,7 +6,8 @@ All sessions of all coordinators share one continuous batch (`EngineLoop` over `
 Steps are read as they arrive, apart from the replies: a step without drafts that the coordinator sent
 ahead joins the engine step right after the current one, while the current one's reply is written.
 Whatever ends the stream (finish, half-close, cancel, deadline, a coordinator that vanished) closes
-the session and returns its KV blocks.
+the session and returns its KV blocks. The engine runs behind an `EngineCore` as a `VerifyTarget`: in a
+process of its own or in a worker thread (`adaspec.serving.replica.start_engine_core`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ import logging
 import time
 
 import grpc
-import torch
 
 from adaspec.engine.kv_cache import KVCacheExhausted
-from adaspec.engine.verify_engine import Proposal, StepResult, VerifyEngine
 from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import ReplicaLoad
+from adaspec.sampling_params import SamplingParams
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.detokenizer import StreamingDetokenizer
+from adaspec.serving.engine_core import EngineCore
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
 from adaspec.serving.heartbeat import Ewma
-from adaspec.serving.replica import same_torch_threads
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
+from services.verify.core import OpenedSession, SessionFinished
 
 log = logging.getLogger(__name__)
-NO_DRAFTS = Proposal([], torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1))  # a k = 0 step (read-only)
 SERVICE_NAME = verify_pb2.DESCRIPTOR.services_by_name["Verify"].full_name
 MAX_STEPS_IN_FLIGHT = 2  # per session: the step being verified and one sent ahead; reading waits beyond
 
@@ -43,22 +43,16 @@ class StepRefused(Exception):
         self.status = status
 
 
-class SessionFinished(Exception):
-    """A step arrived after the session's final step (sent ahead of the final reply): ignored."""
-
-
 class VerifyService(verify_pb2_grpc.VerifyServicer):
-    def __init__(self, engine: VerifyEngine, replica_id: str, pool: str, address: str, max_waiting: int = 64):
-        self.engine = engine
+    """`core` runs a `VerifyTarget`; `tokenizer`: the target's (for the streamed text)."""
+
+    def __init__(self, core: EngineCore, tokenizer, replica_id: str, pool: str, address: str, max_waiting: int = 64):
+        self.tokenizer, self.max_model_len = tokenizer, core.info["max_model_len"]
         self.replica_id, self.pool, self.address = replica_id, pool, address
-        self.max_sessions = engine.scheduler.max_num_seqs + max_waiting
-        self.loop = EngineLoop(self._step, engine.has_ready_work, "verify", init_thread=same_torch_threads())
+        self.max_sessions = core.info["max_num_seqs"] + max_waiting
+        self.loop = EngineLoop(core, "verify")
         self.sessions = 0
         self.acceptance, self.tokens_per_step = Ewma(), Ewma()
-        self._queue = {"waiting": 0, "queued_tokens": 0}  # see snapshot()
-
-    def _step(self) -> dict[int, StepResult]:
-        return {r.seq_id: r for r in self.engine.step()}
 
     async def Session(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
@@ -71,16 +65,16 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         seq_id, reader = None, None
         self.sessions += 1
         try:
-            seq = await self._open(first.open, context)
-            seq_id = seq.seq_id
-            text = StreamingDetokenizer(self.engine.tokenizer, seq.params.stop)
+            params, opened = await self._open(first.open, context)
+            seq_id = opened.seq_id
+            text = StreamingDetokenizer(self.tokenizer, params.stop)
             if first.open.output_token_ids:
                 text.resume(list(first.open.output_token_ids), first.open.output_chars_sent)
-            reply = await self._next_reply(seq, text, time.perf_counter(), drafted=None)
-            reply.prompt_token_ids[:] = seq.token_ids[: seq.num_prompt_tokens]
+            reply = await self._next_reply(seq_id, text, time.perf_counter(), drafted=None)
+            reply.prompt_token_ids[:] = opened.prompt_token_ids
             yield reply
             steps, in_flight = asyncio.Queue(), asyncio.Semaphore(MAX_STEPS_IN_FLIGHT)
-            reader = asyncio.create_task(self._read_steps(seq, request_iterator, steps, in_flight))
+            reader = asyncio.create_task(self._read_steps(seq_id, request_iterator, steps, in_flight))
             while not reply.finish_reason:
                 step = await steps.get()
                 if step is None:
@@ -88,7 +82,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 if isinstance(step, BaseException):
                     raise step
                 sent, drafted = step
-                reply = await self._next_reply(seq, text, sent, drafted)
+                reply = await self._next_reply(seq_id, text, sent, drafted)
                 in_flight.release()
                 yield reply
         except StepRefused as error:
@@ -103,9 +97,9 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             self.sessions -= 1
             if seq_id is not None:
                 self.loop.forget(seq_id)
-                self.loop.post(lambda: self.engine.close(seq_id))
+                self.loop.post(("close", (seq_id,)))
 
-    async def _read_steps(self, seq, requests, steps: asyncio.Queue, in_flight: asyncio.Semaphore) -> None:
+    async def _read_steps(self, seq_id: int, requests, steps: asyncio.Queue, in_flight: asyncio.Semaphore) -> None:
         """Queue each step in the engine as it arrives and put (arrival time, number of drafts) on `steps`;
         at the end put None (half-close) or the exception that ends the call."""
         try:
@@ -116,43 +110,37 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 sent = time.perf_counter()
                 await in_flight.acquire()
                 try:
-                    proposal = proposal_from_proto(request.step)
-                    await self.loop.call(lambda: self._submit(seq, proposal), key=seq.seq_id)
+                    await self.loop.call(("submit", (seq_id, request.step.SerializeToString())), key=seq_id)
                 except ValueError as error:
                     raise StepRefused(invalid_argument_from(error, "step")) from error
-                steps.put_nowait((sent, len(proposal.token_ids)))
+                steps.put_nowait((sent, len(request.step.token_ids)))
             steps.put_nowait(None)
         except SessionFinished:
             pass  # the final reply ends the call
         except Exception as error:  # noqa: BLE001 - handed to the call's handler, which ends the call with it
             steps.put_nowait(error)
 
-    def _submit(self, seq, proposal: Proposal) -> None:
-        if seq.finished:
-            raise SessionFinished
-        self.engine.submit(seq.seq_id, proposal)
-
-    async def _open(self, msg: verify_pb2.VerifyOpen, context):
+    async def _open(self, msg: verify_pb2.VerifyOpen, context) -> tuple[SamplingParams, OpenedSession]:
         if bool(msg.prompt) == bool(msg.prompt_token_ids):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of prompt and prompt_token_ids",
                         field="prompt")
         try:
             params = params_from_proto(msg.params, seed=msg.seed)
-            if params.max_tokens >= self.engine.max_model_len:
+            if params.max_tokens >= self.max_model_len:
                 raise ValueError(f"SamplingParams.max_tokens must be below the context of "
-                                 f"{self.engine.max_model_len} tokens, got {params.max_tokens}")
+                                 f"{self.max_model_len} tokens, got {params.max_tokens}")
             prompt = msg.prompt or list(msg.prompt_token_ids)
-            return await self.loop.call(lambda: self.engine.open(prompt, params, list(msg.output_token_ids)))
+            return params, await self.loop.call(("open", (prompt, params, list(msg.output_token_ids))))
         except ValueError as error:
             await context.abort_with_status(invalid_argument_from(error, "prompt"))
         except KVCacheExhausted as error:
             await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
                                                         field="params.max_tokens"))
 
-    async def _next_reply(self, seq, text: StreamingDetokenizer, sent: float,
+    async def _next_reply(self, seq_id: int, text: StreamingDetokenizer, sent: float,
                           drafted: int | None) -> verify_pb2.VerifyResponse:
         """`drafted`: the step's number of draft tokens (None for the reply to an open: no step)."""
-        result, step_ms = await self.loop.result(seq.seq_id)
+        result, step_ms = await self.loop.result(seq_id)
         if drafted is not None:
             self.tokens_per_step.add(len(result.token_ids))
             if drafted:  # a step without drafts says nothing about acceptance
@@ -161,7 +149,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         return verify_pb2.VerifyResponse(
             token_ids=result.token_ids,
             num_accepted=result.num_accepted,
-            text=text.add(result.token_ids, finished, seq.stop_text_index),
+            text=text.add(result.token_ids, finished, result.stop_text_index),
             finish_reason=result.finish_reason or "",
             max_draft_tokens=result.max_draft_tokens,
             queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
@@ -172,37 +160,12 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         return self.snapshot().to_proto()
 
     def snapshot(self) -> ReplicaLoad:
-        """Live load. The queue figures are read from the engine between steps only (a step mutates the
-        scheduler in the worker thread); during a step they are the previous reading, at most one step old."""
-        if not self.loop.stepping:
-            self._queue = self._read_queue()
-        blocks = self.engine.target_runner.kv_cache.blocks
+        """Live load: the engine's figures are those it reported after its latest step or command batch."""
+        status = self.loop.core.status
         return ReplicaLoad(
             replica_id=self.replica_id, kind="verify", pool=self.pool, address=self.address,
-            sessions=self.sessions, free_kv_blocks=blocks.num_free_blocks, total_kv_blocks=blocks.num_blocks,
+            sessions=self.sessions, free_kv_blocks=status["free_kv_blocks"], total_kv_blocks=status["total_kv_blocks"],
             max_sessions=self.max_sessions, step_latency_ms=self.loop.step_latency_ms,
-            acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value, **self._queue,
+            acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value,
+            waiting=status["waiting"], queued_tokens=status["queued_tokens"],
         )
-
-    def _read_queue(self) -> dict[str, int]:
-        scheduler, blocks = self.engine.scheduler, self.engine.target_runner.kv_cache.blocks
-        pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
-                             if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
-        return {"waiting": len(scheduler.waiting), "queued_tokens": pending_prompt}
-
-
-def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
-    k, width = len(msg.token_ids), msg.sparse_k
-    if k and width < 1:
-        raise ValueError("step.sparse_k: must be >= 1 when there are draft tokens")
-    if len(msg.topk_ids) != k * width or len(msg.topk_probs) != k * width:
-        raise ValueError(f"step.topk_ids: expected {k} x {width} entries, got {len(msg.topk_ids)} ids and "
-                         f"{len(msg.topk_probs)} probabilities")
-    if not k:
-        return NO_DRAFTS
-    return Proposal(
-        token_ids=list(msg.token_ids),
-        # list() first: torch.tensor reads a protobuf repeated field element by element, several times slower
-        topk_ids=torch.tensor(list(msg.topk_ids), dtype=torch.long).view(k, width),  # [k, K]
-        topk_probs=torch.tensor(list(msg.topk_probs), dtype=torch.float32).view(k, width),  # [k, K]
-    )
