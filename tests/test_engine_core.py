@@ -108,6 +108,24 @@ def test_a_dead_engine_process_fails_waiting_and_later_sessions_and_says_so_once
     assert asyncio.run(main()) == [1]
 
 
+def test_an_engine_process_dying_between_requests_is_noticed_at_once():
+    """Not at the next request: the replica must stop advertising itself as soon as its engine is gone."""
+
+    async def main():
+        noticed = asyncio.Event()
+        core = ProcessCore(EchoTarget.build, {}, "echo", on_gone=noticed.set).start(timeout_s=60)
+        try:
+            await core.apply([("queue", (1, "a"))])
+            os.kill(core.info["pid"], signal.SIGKILL)
+            await asyncio.wait_for(noticed.wait(), 10)
+            with pytest.raises(EngineCoreGone):
+                await core.step()
+        finally:
+            await core.stop()
+
+    asyncio.run(main())
+
+
 def test_stop_during_a_step_ends_the_engine_process_without_waiting_for_the_step():
     async def main():
         core = ProcessCore(EchoTarget.build, {"step_s": 30.0}, "echo").start(timeout_s=60)

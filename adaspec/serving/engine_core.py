@@ -115,6 +115,7 @@ class ProcessCore:
                                         args=(child_conn, factory, kwargs, threads, name, log_level))
         self._child_conn = child_conn
         self._replies: deque[asyncio.Future] = deque()
+        self._reading = False  # the event loop watches the pipe
         self.gone = False
         self.info: dict = {}
         self.status: dict = {}
@@ -153,31 +154,34 @@ class ProcessCore:
     async def _request(self, message: tuple) -> Any:
         if self.gone:
             raise EngineCoreGone(f"{self.name} engine process is gone")
-        if not self._replies:
-            asyncio.get_running_loop().add_reader(self._conn.fileno(), self._read_replies)
-        reply = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._reading:  # from the first request on: EOF, even between requests, means the child died
+            loop.add_reader(self._conn.fileno(), self._read_replies)
+            self._reading = True
+        reply = loop.create_future()
         self._replies.append(reply)
-        self._conn.send(message)  # small; the child reads each message before answering the previous one's reply
+        try:
+            self._conn.send(message)  # the loop awaits each reply before it sends again: the pipe never fills
+        except OSError:
+            self._lose_child()
         return await reply
 
     def _read_replies(self) -> None:
         try:
-            while self._replies and self._conn.poll():
+            while self._conn.poll():
                 message = self._conn.recv()
                 reply = self._replies.popleft()
                 if not reply.done():
                     reply.set_result(message)
         except (EOFError, OSError):
             self._lose_child()
-        if not self._replies and not self.gone:
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
 
     def _lose_child(self) -> None:
         if self.gone:
             return
         self.gone = True
         asyncio.get_running_loop().remove_reader(self._conn.fileno())
-        self._process.join(1)
+        self._process.join(1)  # EOF: it has exited or is exiting
         error = EngineCoreGone(f"{self.name} engine process exited with code {self._process.exitcode}")
         log.error("engine process gone", extra={"engine": self.name, "exitcode": self._process.exitcode})
         while self._replies:
@@ -191,7 +195,8 @@ class ProcessCore:
         if self._conn.closed:
             return
         if not self.gone:
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            if self._reading:
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
             if not self._replies:
                 try:
                     self._conn.send(("stop", None))
