@@ -9,7 +9,6 @@ escalates to SIGKILL only if a process does not exit.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,9 +20,8 @@ from pathlib import Path
 
 from adaspec.loadstore import RedisServer
 from adaspec.loadstore.redis_server import free_port
+from adaspec.serving.lifetime import die_with_parent
 from adaspec.serving.server import wait_until_serving
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -104,7 +102,7 @@ class Stack:
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
             popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         self.processes[name] = Process(name, address, popen, log_path)
 
     async def _wait_ready(self) -> None:
@@ -175,14 +173,6 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the service if the process that started it dies (no orphans after a crash)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def tail(path: Path, lines: int = 80) -> str:

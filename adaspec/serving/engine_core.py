@@ -20,7 +20,6 @@ replica uses: `adaspec.serving.replica.start_engine_core`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import signal
@@ -31,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from adaspec.serving.lifetime import die_with_parent, set_process_name
+
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 
 Command = tuple[str, tuple]  # (target method name, positional arguments)
 
@@ -222,12 +222,8 @@ def serve_target(conn, factory: Callable[..., Any], kwargs: dict, threads: int |
 
     configure_logging(f"{name}-core", log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops its engine; a terminal's Ctrl-C is its to handle
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        libc.prctl(PR_SET_NAME, f"{name}-core".encode()[:15])  # what ps and top show
-    except (OSError, AttributeError):
-        pass  # not Linux: the closed pipe still stops it
+    die_with_parent(signal.SIGKILL)  # elsewhere than Linux, the closed pipe still stops it
+    set_process_name(f"{name}-core")
     if threads:
         import torch
 

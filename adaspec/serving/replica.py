@@ -67,7 +67,6 @@ def start_engine_core(args, kind: str, factory: Callable[..., Any], engine_args:
     return ProcessCore(factory, engine_args, kind, threads=args.threads, log_level=args.log_level).start()
 
 
-
 def run_replica(args, kind: str, service_name: str, build, add_to_server) -> None:
     configure_logging(f"{kind}:{args.replica_id}", args.log_level)
     if args.threads:
