@@ -40,6 +40,11 @@ class DraftStub:
                 request_serializer=adaspec_dot_v1_dot_draft__pb2.DraftRequest.SerializeToString,
                 response_deserializer=adaspec_dot_v1_dot_draft__pb2.DraftResponse.FromString,
                 _registered_method=True)
+        self.Link = channel.stream_stream(
+                '/adaspec.v1.Draft/Link',
+                request_serializer=adaspec_dot_v1_dot_common__pb2.LinkFrames.SerializeToString,
+                response_deserializer=adaspec_dot_v1_dot_common__pb2.LinkFrames.FromString,
+                _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/adaspec.v1.Draft/GetLoad',
                 request_serializer=adaspec_dot_v1_dot_common__pb2.GetLoadRequest.SerializeToString,
@@ -58,6 +63,14 @@ class DraftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Link(self, request_iterator, context):
+        """Every session between one coordinator and this replica on one stream (see LinkFrame): each frame's
+        messages are those of `Session`, with the same semantics. Ending the link ends its sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLoad(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -71,6 +84,11 @@ def add_DraftServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=adaspec_dot_v1_dot_draft__pb2.DraftRequest.FromString,
                     response_serializer=adaspec_dot_v1_dot_draft__pb2.DraftResponse.SerializeToString,
+            ),
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=adaspec_dot_v1_dot_common__pb2.LinkFrames.FromString,
+                    response_serializer=adaspec_dot_v1_dot_common__pb2.LinkFrames.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
@@ -105,6 +123,33 @@ class Draft:
             '/adaspec.v1.Draft/Session',
             adaspec_dot_v1_dot_draft__pb2.DraftRequest.SerializeToString,
             adaspec_dot_v1_dot_draft__pb2.DraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/adaspec.v1.Draft/Link',
+            adaspec_dot_v1_dot_common__pb2.LinkFrames.SerializeToString,
+            adaspec_dot_v1_dot_common__pb2.LinkFrames.FromString,
             options,
             channel_credentials,
             insecure,

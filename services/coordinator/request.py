@@ -31,10 +31,17 @@ from adaspec.loadstore import ReplicaLoad
 from adaspec.policy import Policy
 from adaspec.sampling_params import SamplingParams
 from adaspec.serving.convert import params_to_proto
-from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, draft_pb2_grpc, verify_pb2, verify_pb2_grpc
+from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
 from services.coordinator.router import NoCapacity, NoReplica, Router
 
 log = logging.getLogger(__name__)
+# Sessions run on the replica's link (one stream per coordinator and replica): (method, serialize, parse)
+SESSION_LINKS = {
+    "verify": (f"/{verify_pb2.DESCRIPTOR.services_by_name['Verify'].full_name}/Link",
+               verify_pb2.VerifyRequest.SerializeToString, verify_pb2.VerifyResponse.FromString),
+    "draft": (f"/{draft_pb2.DESCRIPTOR.services_by_name['Draft'].full_name}/Link",
+              draft_pb2.DraftRequest.SerializeToString, draft_pb2.DraftResponse.FromString),
+}
 PASS_THROUGH = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
 
 
@@ -74,7 +81,7 @@ class Counters:
 
 
 class Session:
-    """One open bidirectional session stream and the lease it holds."""
+    """One open session stream (a `LinkStream`) and the lease it holds."""
 
     def __init__(self, call, replica: ReplicaLoad, lease_id: str, router: Router):
         self.call, self.replica, self.lease_id, self.router = call, replica, lease_id, router
@@ -154,7 +161,7 @@ class RequestRun:
         else:
             open_message.open.prompt_token_ids[:] = spec.prompt
         while True:
-            self.verify = await self._open("verify", verify_pb2_grpc.VerifyStub, tried)
+            self.verify = await self._open("verify", tried)
             try:
                 return await self.verify.exchange(open_message)
             except grpc.aio.AioRpcError as error:
@@ -172,7 +179,7 @@ class RequestRun:
     async def open_draft(self, prompt_token_ids: list[int]) -> None:
         spec = self.spec
         try:
-            self.draft = await self._open("draft", draft_pb2_grpc.DraftStub, set())
+            self.draft = await self._open("draft", set())
             await self.draft.call.write(draft_pb2.DraftRequest(
                 open=draft_pb2.DraftOpen(request_id=spec.request_id, prompt_token_ids=prompt_token_ids,
                                          params=params_to_proto(spec.params), seed=spec.params.seed),
@@ -257,7 +264,7 @@ class RequestRun:
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    async def _open(self, kind: str, stub_class, exclude: set[str]) -> Session:
+    async def _open(self, kind: str, exclude: set[str]) -> Session:
         try:
             replica = await self.router.acquire(kind, self.spec.request_id, exclude)
         except NoReplica as error:
@@ -266,7 +273,7 @@ class RequestRun:
             raise RequestFailed(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
                                             retry_after_s=0.5)) from error
         timeout = None if self.spec.deadline is None else max(0.0, self.spec.deadline - time.monotonic())
-        call = stub_class(self.channels.get(replica.address)).Session(timeout=timeout)
+        call = self.channels.links.open(replica.address, *SESSION_LINKS[kind], timeout=timeout)
         return Session(call, replica, self.spec.request_id, self.router)
 
     async def _drop_draft(self, error: Exception) -> None:

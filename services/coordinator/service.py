@@ -20,6 +20,7 @@ from adaspec.loadstore import LoadStore
 from adaspec.policy import make_policy
 from adaspec.sampling_params import MAX_SEED
 from adaspec.serving.convert import params_from_proto
+from adaspec.serving.link_client import Links
 from adaspec.serving.server import CHANNEL_OPTIONS
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
@@ -30,10 +31,12 @@ MAX_PROMPT_CHARS = 4 * 2**20
 
 
 class Channels:
-    """One long-lived channel per downstream address (HTTP/2 multiplexes every session over it)."""
+    """One long-lived channel per downstream address, and on it one link per service (`links`) that
+    carries every session of this coordinator with that replica."""
 
     def __init__(self):
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.links = Links(self.get)
 
     def get(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
@@ -41,6 +44,7 @@ class Channels:
         return self._channels[address]
 
     async def close(self) -> None:
+        self.links.close()
         await asyncio.gather(*(c.close() for c in self._channels.values()))
         self._channels.clear()
 

@@ -1,4 +1,6 @@
-"""Draft service: the draft model behind one bidirectional stream per request.
+"""Draft service: the draft model behind one session stream per request: on its coordinator's link (one
+`Link` call carries all of a coordinator's sessions with this replica; `adaspec.serving.link_server`), or
+a `Session` call of its own.
 
 A session opens with the prompt and the request's sampling settings and seed (no reply: its prefill
 happens with its first step). Each step commits what the verify pool accepted and drafts up to k tokens,
@@ -22,6 +24,7 @@ from adaspec.policy import DraftBudget
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.engine_core import EngineCore
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
+from adaspec.serving.link_server import serve_link
 from adaspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,10 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             if seq_id is not None:
                 self.loop.forget(seq_id)
                 self.loop.post(("close", (seq_id,)))
+
+    async def Link(self, request_iterator, context):
+        async for frames in serve_link(self.Session, draft_pb2.DraftRequest, "draft", request_iterator):
+            yield frames
 
     async def GetLoad(self, request, context) -> common_pb2.ReplicaLoad:
         return self.snapshot().to_proto()

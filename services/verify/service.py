@@ -1,4 +1,6 @@
-"""Verify service: the target model behind one bidirectional stream per request.
+"""Verify service: the target model behind one session stream per request: on its coordinator's link (one
+`Link` call carries all of a coordinator's sessions with this replica; `adaspec.serving.link_server`), or
+a `Session` call of its own.
 
 A session opens with the prompt (the reply carries the first token, sampled from p after prefill),
 then brings one set of drafts per step (the reply carries the accepted drafts and the target's token).
@@ -27,6 +29,7 @@ from adaspec.serving.detokenizer import StreamingDetokenizer
 from adaspec.serving.engine_core import EngineCore
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
 from adaspec.serving.heartbeat import Ewma
+from adaspec.serving.link_server import serve_link
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
 from services.verify.core import OpenedSession, SessionFinished
 
@@ -155,6 +158,10 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
             step_ms=step_ms,
         )
+
+    async def Link(self, request_iterator, context):
+        async for frames in serve_link(self.Session, verify_pb2.VerifyRequest, "verify", request_iterator):
+            yield frames
 
     async def GetLoad(self, request, context) -> common_pb2.ReplicaLoad:
         return self.snapshot().to_proto()
