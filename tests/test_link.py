@@ -208,6 +208,20 @@ def test_a_session_deadline_ends_it_with_deadline_exceeded_and_closes_it_on_the_
     run(scenario)
 
 
+def test_the_replica_ends_a_session_at_its_deadline_on_its_own():
+    async def scenario(service, server, client):
+        stream = client.open(timeout=0.3)
+        await stream.write(StringValue(value="hang"))
+        await wait_until(lambda: stream.ended)  # no read here: no cancel from this end
+        assert service.closed == ["hang"]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stream.read()
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "deadline of 0.3 s exceeded" in raised.value.details()
+
+    run(scenario)
+
+
 def test_a_session_flooding_the_link_is_ended_and_the_link_goes_on():
     async def scenario(service, server, client):
         flood, other = client.open(), client.open()

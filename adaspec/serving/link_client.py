@@ -42,7 +42,7 @@ class LinkStream:
         self.deadline = None if timeout is None else loop.time() + timeout
         self.incoming: asyncio.Queue = asyncio.Queue()  # message bytes, then EOF or the session's error
         self.ended = False  # the session ended (its last item is queued) or this end cancelled it
-        self.writing = True
+        self.writing, self.first = True, True
 
     async def write(self, message) -> None:
         if not self.writing:
@@ -52,7 +52,11 @@ class LinkStream:
             self.cancel()
             raise rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"a message of {len(data)} bytes is over the link's limit of {self.link.max_message_bytes}")
-        self.link.send(common_pb2.LinkFrame(session=self.session, message=data))
+        frame = common_pb2.LinkFrame(session=self.session, message=data)
+        if self.deadline is not None and self.first:  # the replica keeps the deadline too, as a call's server would
+            frame.timeout_s = max(1e-3, self.deadline - asyncio.get_running_loop().time())
+        self.first = False
+        self.link.send(frame)
 
     async def read(self):
         """The next message, or grpc.aio.EOF when the session ended OK; raises AioRpcError when it failed."""

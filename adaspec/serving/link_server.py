@@ -146,7 +146,8 @@ class LinkServer:
                 return  # it ended here (e.g. a step sent ahead of the final reply: ignored, as on a call)
             self.last_opened = frame.session
             inbox = Inbox()
-            entry = inbox, asyncio.create_task(self.run(frame.session, inbox), name=f"{self.name}-session")
+            run = self.run(frame.session, inbox, frame.timeout_s or None)
+            entry = inbox, asyncio.create_task(run, name=f"{self.name}-session")
             self.sessions[frame.session] = entry
         inbox, task = entry
         if frame.cancel:
@@ -170,10 +171,11 @@ class LinkServer:
         task.cancel(message)
         self.finish(session, rich_status(code, message))
 
-    async def run(self, session: int, inbox: Inbox) -> None:
+    async def run(self, session: int, inbox: Inbox, timeout_s: float | None) -> None:
         status = None
         try:
-            async with contextlib.aclosing(self.handler(inbox, SessionContext())) as replies:
+            replies = self.handler(inbox, SessionContext())
+            async with asyncio.timeout(timeout_s), contextlib.aclosing(replies):
                 async for reply in replies:
                     message = reply.SerializeToString()
                     if len(message) + FRAME_OVERHEAD_BYTES > self.max_message_bytes:
@@ -182,6 +184,8 @@ class LinkServer:
                     self.send(common_pb2.LinkFrame(session=session, message=message))
         except SessionAborted as aborted:
             status = aborted.status
+        except TimeoutError:
+            status = rich_status(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline of {timeout_s:.3g} s exceeded")
         except asyncio.CancelledError:
             return  # by the coordinator or `fail` (which removed it), or with the whole link
         except Exception as error:  # noqa: BLE001 - one session's bug must not end the link's others

@@ -77,18 +77,20 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LinkFrame(_message.Message):
-    __slots__ = ("session", "message", "end", "cancel", "status")
+    __slots__ = ("session", "message", "end", "cancel", "status", "timeout_s")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     session: int
     message: bytes
     end: bool
     cancel: bool
     status: bytes
-    def __init__(self, session: _Optional[int] = ..., message: _Optional[bytes] = ..., end: _Optional[bool] = ..., cancel: _Optional[bool] = ..., status: _Optional[bytes] = ...) -> None: ...
+    timeout_s: float
+    def __init__(self, session: _Optional[int] = ..., message: _Optional[bytes] = ..., end: _Optional[bool] = ..., cancel: _Optional[bool] = ..., status: _Optional[bytes] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class LinkFrames(_message.Message):
     __slots__ = ("frames",)
