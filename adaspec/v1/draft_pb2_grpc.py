@@ -65,7 +65,9 @@ class DraftServicer:
 
     def Link(self, request_iterator, context):
         """Every session between one coordinator and this replica on one stream (see LinkFrame): each frame's
-        messages are those of `Session`, with the same semantics. Ending the link ends its sessions.
+        messages are those of `Session`, with the same semantics, except that a session is never left unread
+        (that would hold up the link): one with more than 8 messages waiting ends with RESOURCE_EXHAUSTED.
+        Ending the link ends its sessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
