@@ -23,7 +23,7 @@ from adaspec.engine.model_loader import (
     load_model,
 )
 from adaspec.engine.model_runner import ModelRunner
-from adaspec.engine.sequence import Sequence
+from adaspec.engine.sequence import Sequence, check_token_ids
 from adaspec.policy import DraftBudget, FixedLength
 from adaspec.sampling_params import SamplingParams
 
@@ -77,7 +77,7 @@ class DraftEngine:
         """Admit a session for its whole life (prompt + max_tokens + drafts). Raises ValueError, KVCacheExhausted."""
         if not prompt_ids:
             raise ValueError("open.prompt_token_ids: empty")
-        self._check_token_ids(prompt_ids, "open.prompt_token_ids")
+        check_token_ids(prompt_ids, len(self.model.tokenizer), "open.prompt_token_ids: token ids")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(f"open.prompt_token_ids: {len(prompt_ids)} tokens; the draft's context is "
                              f"{self.max_model_len}")
@@ -117,16 +117,11 @@ class DraftEngine:
             raise ValueError(f"step: no open draft session {work.seq_id}")
         if not 0 <= work.num_accepted <= self.max_spec_len:
             raise ValueError(f"step.num_accepted: {work.num_accepted} is not in [0, {self.max_spec_len}]")
-        self._check_token_ids(work.token_ids, "step.token_ids")
+        check_token_ids(work.token_ids, len(self.model.tokenizer), "step.token_ids: token ids")
         if len(seq.token_ids) + len(work.token_ids) >= self.max_model_len:
             raise ValueError(f"step.token_ids: the session would pass the draft's context of {self.max_model_len}")
         if work.budget.max_tokens < 0:
             raise ValueError(f"step.max_draft_tokens: must be >= 0, got {work.budget.max_tokens}")
-
-    def _check_token_ids(self, token_ids: list[int], field: str) -> None:
-        vocab = len(self.model.tokenizer)
-        if any(not 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"{field}: token ids must be in [0, {vocab})")
 
     def _commit(self, work: DraftWork) -> Sequence:
         seq = self._sessions[work.seq_id]

@@ -36,7 +36,7 @@ from adaspec.engine.model_loader import (
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
 from adaspec.policy import DraftBudget, Policy, make_policy
 from adaspec.engine.scheduler import Scheduler
-from adaspec.engine.sequence import Sequence, SequenceStatus
+from adaspec.engine.sequence import Sequence, SequenceStatus, check_token_ids
 from adaspec.outputs import RequestOutput
 from adaspec.sampling_params import SamplingParams
 from kernels.rng import splitmix64
@@ -314,7 +314,7 @@ class Engine:
             prompt_ids = list(prompt)
             if not prompt_ids:
                 raise ValueError("prompt is empty")
-            self._check_token_ids(prompt_ids, "prompt")
+            check_token_ids(prompt_ids, self.target.vocab_size, "prompt token ids")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt has {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens and the prompt "
@@ -328,13 +328,8 @@ class Engine:
             self._resume(seq, list(resume_output))
         return seq
 
-    def _check_token_ids(self, token_ids: list[int], what: str) -> None:
-        bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.target.vocab_size]
-        if bad:
-            raise ValueError(f"{what} token ids must be in [0, {self.target.vocab_size}); got {bad[:5]}")
-
     def _resume(self, seq: Sequence, output_ids: list[int]) -> None:
-        self._check_token_ids(output_ids, "resumed output")
+        check_token_ids(output_ids, self.target.vocab_size, "resumed output token ids")
         if len(output_ids) >= seq.params.max_tokens or len(seq.token_ids) + len(output_ids) >= self.max_model_len:
             raise ValueError(f"resumed output of {len(output_ids)} tokens leaves nothing to generate "
                              f"(max_tokens {seq.params.max_tokens}, context {self.max_model_len})")

@@ -10,6 +10,13 @@ from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.sampling_params import SamplingParams
 
 
+def check_token_ids(token_ids: list[int], vocab_size: int, what: str) -> None:
+    """Raise ValueError, naming `what`, unless every token id is an int in [0, vocab_size)."""
+    bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"{what} must be in [0, {vocab_size}); got {bad[:5]}")
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"  # not admitted: no KV reservation yet
     PREFILLING = "prefilling"  # admitted, prompt partly in the target's cache

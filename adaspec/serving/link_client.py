@@ -15,22 +15,22 @@ from collections.abc import Callable
 
 import grpc
 from google.rpc import status_pb2
+from grpc_status import rpc_status
 
-from adaspec.serving.link_server import FRAME_OVERHEAD_BYTES, MAX_LINK_MESSAGE_BYTES, STATUS_KEY, link_messages
+from adaspec.serving.link_server import FRAME_OVERHEAD_BYTES, MAX_LINK_MESSAGE_BYTES, link_messages
 from adaspec.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 
 def rpc_error(code: grpc.StatusCode, details: str, status: bytes = b"") -> grpc.aio.AioRpcError:
-    trailing = grpc.aio.Metadata((STATUS_KEY, status)) if status else grpc.aio.Metadata()
+    trailing = grpc.aio.Metadata((rpc_status.GRPC_DETAILS_METADATA_KEY, status)) if status else grpc.aio.Metadata()
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
 
 
 def error_from_status(status: bytes) -> grpc.aio.AioRpcError:
-    parsed = status_pb2.Status.FromString(status)
-    code = next((c for c in grpc.StatusCode if c.value[0] == parsed.code), grpc.StatusCode.UNKNOWN)
-    return rpc_error(code, parsed.message, status)
+    parsed = rpc_status.to_status(status_pb2.Status.FromString(status))
+    return rpc_error(parsed.code, parsed.details, status)
 
 
 class LinkStream:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_status import rpc_status
 
 from adaspec.errors import rich_status
 from adaspec.serving.server import MAX_MESSAGE_BYTES
@@ -27,7 +28,6 @@ from adaspec.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 MAX_UNREAD = 8  # messages a session may have waiting for its handler; a session flooding the link ends
-STATUS_KEY = "grpc-status-details-bin"
 # A link message joins the frames of many sessions: it is split to stay this far below gRPC's message limit
 # (large prompts of several sessions must not fail the link), and one frame over it fails its session alone.
 MAX_LINK_MESSAGE_BYTES = MAX_MESSAGE_BYTES // 2
@@ -94,7 +94,7 @@ class Inbox:
 def status_bytes(status: grpc.Status) -> bytes:
     """The serialized google.rpc.Status of `status` (its rich details as sent in the trailer)."""
     for key, value in status.trailing_metadata or ():
-        if key == STATUS_KEY:
+        if key == rpc_status.GRPC_DETAILS_METADATA_KEY:
             return value
     return rich_status(status.code, status.details).trailing_metadata[0][1]
 
