@@ -18,6 +18,7 @@ class CountingEngine:
 
     def __init__(self, fail_once: bool = False, step_s: float = 0.0):
         self.queued: dict[int, list[int]] = {}
+        self.opened: set[int] = set()
         self.batches: list[list[int]] = []
         self.starts: list[float] = []
         self.fail_once, self.step_s = fail_once, step_s
@@ -33,6 +34,13 @@ class CountingEngine:
 
     def drop(self, key: int) -> None:
         self.queued.pop(key, None)
+
+    def open(self, key: int) -> int:
+        self.opened.add(key)
+        return key
+
+    def close(self, key: int) -> None:
+        self.opened.discard(key)
 
     def step(self) -> dict[int, tuple[int, int]]:
         self.starts.append(time.perf_counter())
@@ -170,6 +178,53 @@ def test_sessions_closed_while_their_step_runs_are_not_waited_for():
     batches, waited = asyncio.run(main())
     assert batches == [[1, 2, 3], [4]]
     assert waited < 0.1, waited
+
+
+class SlowApplyCore(ThreadCore):
+    """Commands take a while to apply (an engine process's pipe); `then` runs on the event loop just before
+    the outcomes are handed out."""
+
+    def __init__(self, target, then=None):
+        super().__init__(target, "test")
+        self.then = then
+
+    async def apply(self, commands):
+        await asyncio.sleep(0.05)
+        if self.then is not None:
+            asyncio.get_running_loop().call_soon(self.then)
+        return await super().apply(commands)
+
+
+def open_session(loop: EngineLoop, key: int):
+    return loop.call(("open", (key,)), undo=lambda opened: ("close", (opened,)))
+
+
+@pytest.mark.parametrize("when", ["before it is applied", "while it is applied", "as its value arrives"])
+def test_an_open_whose_caller_is_cancelled_leaves_no_session_behind(when):
+    """A call cancelled (deadline, cancel, lost link) while its open waits for a step, while the engine applies
+    it, or just as its value comes back: the session is never opened, or is closed again."""
+
+    async def main():
+        engine = CountingEngine(step_s=0.1)
+        caller: asyncio.Task | None = None
+        core = SlowApplyCore(engine, then=lambda: caller.cancel()) if when == "as its value arrives" else \
+            SlowApplyCore(engine) if when == "while it is applied" else ThreadCore(engine, "test")
+        loop = EngineLoop(core, "test")
+        loop.start()
+        if when == "before it is applied":
+            await loop.call(("queue", (9, 9)), key=9)  # a step runs now: the open waits behind it
+        caller = asyncio.create_task(open_session(loop, 1))
+        if when != "as its value arrives":
+            await asyncio.sleep(0.02)
+            caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(0.3)  # the step and any posted close
+        assert await open_session(loop, 2) == 2  # the loop goes on
+        await loop.stop()
+        return engine.opened
+
+    assert asyncio.run(main()) == {2}
 
 
 STEP_THREAD_PROBE = """

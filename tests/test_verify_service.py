@@ -115,3 +115,40 @@ def test_steps_sent_ahead_run_one_per_engine_step_and_the_final_reply_ends_the_s
     assert [t for r in replies for t in r.token_ids] == expected
     assert len(replies) == steps == 8 and replies[-1].finish_reason == "length"
     assert free_blocks_change == 0
+
+
+def test_a_session_cancelled_while_its_open_waits_for_a_step_leaves_no_sequence_behind():
+    """A deadline or cancel landing while the open waits behind a running step: nothing stays in the engine
+    (a ghost holds a slot and KV blocks for good, and every step would wait for it)."""
+    params = params_to_proto(SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+
+    async def scenario():
+        engine = VerifyEngine(seed=0)
+        free = engine.target_runner.kv_cache.blocks.num_free_blocks
+        service = in_process_service(engine)
+        service.loop.start()
+
+        async def session(prompt: str):
+            async def requests():
+                yield verify_pb2.VerifyRequest(open=verify_pb2.VerifyOpen(prompt=prompt, params=params))
+                await asyncio.Event().wait()  # the coordinator sends nothing more
+
+            return [reply async for reply in service.Session(requests(), context=None)]
+
+        try:
+            long_prefill = asyncio.create_task(session(PROMPT * 150))  # a step of ~1000 prompt tokens
+            while not service.loop.steps and not engine.scheduler.running:
+                await asyncio.sleep(0.001)
+            opens = [asyncio.create_task(session(PROMPT)) for _ in range(4)]
+            await asyncio.sleep(0.005)
+            for task in [*opens, long_prefill]:
+                task.cancel()
+            await asyncio.gather(*opens, long_prefill, return_exceptions=True)
+            await asyncio.sleep(0.5)  # the running step ends; posted closes apply before the next
+            await service.loop.call(("status", ()))
+            return len(engine._sequences), engine.target_runner.kv_cache.blocks.num_free_blocks - free
+        finally:
+            await service.loop.stop()
+
+    sequences, free_blocks_change = asyncio.run(scenario())
+    assert (sequences, free_blocks_change) == (0, 0)

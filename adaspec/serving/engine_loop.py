@@ -27,11 +27,13 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from adaspec.serving.engine_core import Command, EngineCore, EngineCoreGone, Failed
 
 log = logging.getLogger(__name__)
+Undo = Callable[[Any], Command]  # a command's value -> the command that undoes it
 
 
 class EngineStopped(RuntimeError):
@@ -51,7 +53,8 @@ class EngineLoop:
         self._replied_at: dict[int, float] = {}  # sessions answered, with no step queued: when
         self._queued: Counter[int] = Counter()  # per session, steps queued and not answered yet
         self._return_s: dict[int, float] = {}  # per session, EWMA of the time from reply to its next message
-        self._commands: list[tuple[Command, asyncio.Future | None, int | None]] = []
+        # (command, its caller's future (None: posted), the session it queues a step for, its undo)
+        self._commands: list[tuple[Command, asyncio.Future | None, int | None, Undo | None]] = []
         self._waiters: dict[int, asyncio.Future] = {}
         self._ready: dict[int, deque[tuple[Any, float]]] = {}  # results that arrived before their session asked
         self._forgotten: set[int] = set()  # sessions closed while the current step ran: their results are dropped
@@ -71,10 +74,14 @@ class EngineLoop:
         await self.core.stop()
         self._stop_all(EngineStopped(f"{self.name} engine stopped"))
 
-    async def call(self, command: Command, key: int | None = None) -> Any:
+    async def call(self, command: Command, key: int | None = None, undo: Undo | None = None) -> Any:
         """Apply `command` before the next step and return its value (or raise its error). `key`: the
         session whose next step `command` queues, for one result (a command that raises queues nothing);
-        it also times the session's return for gathering."""
+        it also times the session's return for gathering.
+
+        If the caller is cancelled (its call's deadline, a cancel, a lost link) before the command is
+        applied, the command is dropped; if while it is applied, `undo(value)` is posted: a session opened
+        for a caller that is gone would otherwise hold its slot and KV blocks with nobody to close it."""
         if self._stopped is not None:
             raise self._stopped
         if key is not None:
@@ -84,9 +91,14 @@ class EngineLoop:
                 self._return_s[key] = 0.5 * self._return_s[key] + 0.5 * gap if key in self._return_s else gap
             self._queued[key] += 1
         done = asyncio.get_running_loop().create_future()
-        self._commands.append((command, done, key))
+        self._commands.append((command, done, key, undo))
         self._wake.set()
-        return await done
+        try:
+            return await done
+        except asyncio.CancelledError:  # a value that arrived as the caller was cancelled is undone here
+            if undo is not None and done.done() and not done.cancelled() and done.exception() is None:
+                self.post(undo(done.result()))
+            raise
 
     async def result(self, key: int) -> tuple[Any, float]:
         """The next step result for `key` (a session id) and that step's duration in ms, in step order."""
@@ -106,7 +118,7 @@ class EngineLoop:
 
     def post(self, command: Command) -> None:
         """Apply `command` before the next step, without waiting (closing a session from a finally block)."""
-        self._commands.append((command, None, None))
+        self._commands.append((command, None, None, None))
         self._wake.set()
 
     def forget(self, key: int) -> None:
@@ -193,14 +205,18 @@ class EngineLoop:
 
     async def _apply_commands(self) -> None:
         queued, self._commands = self._commands, []
+        for _, done, key, _ in queued:
+            if done is not None and done.cancelled() and key is not None and key in self._queued:
+                self._unqueue(key, None)
+        queued = [entry for entry in queued if entry[1] is None or not entry[1].cancelled()]  # callers gone
         if not queued:
             return
         try:
-            outcomes = await self.core.apply([command for command, _, _ in queued])
+            outcomes = await self.core.apply([command for command, _, _, _ in queued])
         except EngineCoreGone as error:
             self._stop_all(EngineStopped(str(error)))
             outcomes = [Failed(self._stopped)] * len(queued)
-        for (command, done, key), outcome in zip(queued, outcomes, strict=True):
+        for (command, done, key, undo), outcome in zip(queued, outcomes, strict=True):
             if isinstance(outcome, Failed):
                 if key is not None and key in self._queued:
                     self._unqueue(key, None)
@@ -208,8 +224,12 @@ class EngineLoop:
                     log.error("%s: posted command %s failed: %r", self.name, command[0], outcome.error)
                 elif not done.done():
                     done.set_exception(outcome.error)
-            elif done is not None and not done.done():
+            elif done is None:
+                continue
+            elif not done.done():
                 done.set_result(outcome)
+            elif done.cancelled() and undo is not None:  # its caller went away while it was applied
+                self.post(undo(outcome))
 
     def _stop_all(self, error: EngineStopped) -> None:
         self._stopped = self._stopped or error

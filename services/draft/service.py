@@ -53,7 +53,8 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             msg = first.open
             try:
                 params = params_from_proto(msg.params, seed=msg.seed)
-                seq_id = await self.loop.call(("open", (list(msg.prompt_token_ids), params, msg.seed)))
+                seq_id = await self.loop.call(("open", (list(msg.prompt_token_ids), params, msg.seed)),
+                                              undo=lambda opened: ("close", (opened,)))
             except ValueError as error:
                 await context.abort_with_status(invalid_argument_from(error, "open.prompt_token_ids"))
             except KVCacheExhausted as error:

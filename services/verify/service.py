@@ -133,7 +133,8 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
                 raise ValueError(f"SamplingParams.max_tokens must be below the context of "
                                  f"{self.max_model_len} tokens, got {params.max_tokens}")
             prompt = msg.prompt or list(msg.prompt_token_ids)
-            return params, await self.loop.call(("open", (prompt, params, list(msg.output_token_ids))))
+            return params, await self.loop.call(("open", (prompt, params, list(msg.output_token_ids))),
+                                                undo=lambda opened: ("close", (opened.seq_id,)))
         except ValueError as error:
             await context.abort_with_status(invalid_argument_from(error, "prompt"))
         except KVCacheExhausted as error:
