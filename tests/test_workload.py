@@ -54,6 +54,17 @@ def test_load_trace_parses_fractional_timestamps_exactly(small_trace: Path) -> N
     assert [(r.prompt_tokens, r.output_tokens) for r in reqs][3] == (4000, 400)
 
 
+def test_load_trace_parses_seconds_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "seconds.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n10.5,7,3\n10,5,2\n12.000000001,9,4\n 1.1e1 ,1,1\n")
+    reqs = load_trace(path)
+    assert [r.arrival_s for r in reqs] == [0.0, 0.5, 1.0, 2.000000001]  # sorted by time, exact to the nanosecond
+    assert [(r.prompt_tokens, r.output_tokens) for r in reqs] == [(5, 2), (7, 3), (1, 1), (9, 4)]
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nnan,1,1\n")
+    with pytest.raises(ValueError, match="finite"):
+        load_trace(path)
+
+
 @pytest.mark.skipif(not REAL.is_file(), reason="../shared/data/traces not present")
 def test_load_real_trace() -> None:
     reqs = load_trace(REAL)

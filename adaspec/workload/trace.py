@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +47,30 @@ def find_trace(name: str = DEFAULT_TRACE) -> Path | None:
 
 
 def _timestamp_ns(text: str) -> int:
-    """`2023-11-16 18:17:03.9799600` -> integer nanoseconds since the epoch (UTC assumed), exactly."""
-    whole, _, frac = text.strip().partition(".")
+    """`2023-11-16 18:17:03.9799600` (UTC assumed) or a number of seconds such as `12.25` -> integer
+    nanoseconds (since the epoch for a date-time), exactly. Digits past the nanosecond are dropped."""
+    text = text.strip()
+    try:
+        seconds = Decimal(text)
+    except InvalidOperation:
+        return _datetime_ns(text)
+    if not seconds.is_finite():
+        raise ValueError(f"timestamp {text!r} is not a finite number of seconds")
+    return int(seconds.scaleb(9))
+
+
+def _datetime_ns(text: str) -> int:
+    whole, _, frac = text.partition(".")
     dt = datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
     seconds = (dt - _EPOCH) // timedelta(seconds=1)
-    frac_ns = int((frac + "0" * 9)[:9])  # digits past the nanosecond (none in the Azure traces) are dropped
+    frac_ns = int((frac + "0" * 9)[:9])
     return seconds * 1_000_000_000 + frac_ns
 
 
 def load_trace(path: str | Path) -> list[TraceRequest]:
-    """All rows, in time order, with `arrival_s` relative to the first (earliest) row. Timestamps are parsed
-    to integer nanoseconds, so the only rounding is the final division to float seconds."""
+    """All rows, in time order, with `arrival_s` relative to the first (earliest) row. A TIMESTAMP is a
+    date-time as in the Azure traces (`2023-11-16 18:17:03.9799600`) or a number of seconds (`0`, `12.25`);
+    either is parsed to integer nanoseconds, so the only rounding is the final division to float seconds."""
     with open(path, newline="") as f:
         rows = [(_timestamp_ns(r["TIMESTAMP"]), int(r["ContextTokens"]), int(r["GeneratedTokens"]))
                 for r in csv.DictReader(f)]
