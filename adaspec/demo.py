@@ -12,14 +12,13 @@ import argparse
 import asyncio
 import time
 from collections import Counter
-from pathlib import Path
 
 from tqdm import tqdm
 
 from adaspec.client import AsyncClient
 from adaspec.errors import AdaSpecError
 from adaspec.stack import Stack, StackConfig
-from adaspec.workload import demo_window, format_table, prompt_for, prompt_texts, summarize
+from adaspec.workload import demo_window, format_table, prompt_for, prompt_texts, summarize, tokenizer_for
 
 COLUMNS = [
     ("policy", "policy"), ("requests", "requests"), ("failed", "failed"),
@@ -46,7 +45,7 @@ def run_demo(args, config: StackConfig) -> int:
     requests, source = demo_window(num_requests=args.requests, mean_rate_rps=args.rate,
                                    max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
                                    min_output_tokens=args.min_output_tokens, seed=args.seed)
-    tokenize = _tokenizer(config.target)
+    tokenize = tokenizer_for(config.target)
     snippets = prompt_texts(len(requests), seed=args.seed)
     prompts = [prompt_for(r.prompt_tokens, snippets[i], tokenize) for i, r in enumerate(requests)]
     print(f"workload: {source}")
@@ -107,15 +106,3 @@ async def _stream(client: AsyncClient, prompt: str, max_tokens: int, policy: str
         "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens, "mean_k": stats.mean_k,
     }
 
-
-def _tokenizer(target: str | None):
-    """The target's tokenizer without loading a model (the `tokenizers` library, no torch)."""
-    from tokenizers import Tokenizer
-
-    from adaspec.engine.paths import BUNDLED_TARGET
-
-    path = Path(target or BUNDLED_TARGET) / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the demo needs a tokenizer.json to size its prompts")
-    tokenizer = Tokenizer.from_file(str(path))
-    return lambda text: tokenizer.encode(text, add_special_tokens=False).ids

@@ -17,6 +17,7 @@ from adaspec.workload import (
     held_out_files,
     load_stats,
     load_trace,
+    meets_slo,
     prompt_for,
     prompt_texts,
     summarize,
@@ -187,6 +188,15 @@ def test_format_table() -> None:
     assert lines[0].split() == ["policy", "tokens/s", "mean", "k"]
     assert lines[2].split() == ["none", "12.3", "-"] and lines[3].split() == ["fixed:4", "101.0", "4"]
     assert len({len(line) for line in lines[1:]}) == 1  # aligned: numeric columns right-justified to the end
+    md = format_table(rows, ["policy", ("tok_s", "tokens/s", ".1f")], markdown=True).splitlines()
+    assert md == ["| policy  | tokens/s |", "| ------- | -------: |", "| none    |     12.3 |", "| fixed:4 |    101.0 |"]
+
+
+def test_meets_slo() -> None:
+    assert meets_slo(100, 20, 100, 20) and not meets_slo(101, 20, 100, 20) and not meets_slo(100, 21, 100, 20)
+    assert meets_slo(None, None, None, None) and not meets_slo(None, None, 100, None)  # no token: misses TTFT
+    assert meets_slo(50, None, 100, 20)  # under 2 tokens: no TPOT, meets the TPOT limit
+    assert meets_slo(50, 10, None, None, e2el_ms=300, slo_e2el_ms=300) and not meets_slo(50, 10, None, None, 301, 300)
 
 
 def test_prompts_from_held_out_stdlib() -> None:

@@ -1,10 +1,11 @@
-"""Workloads for `adaspec demo` and the service benchmarks: trace replay, prompt text, result summaries.
+"""Workloads for `adaspec demo`, `adaspec bench` and the service benchmarks: trace replay, prompt text,
+result summaries.
 
 No torch here: the demo's client side and the benchmarks import this without the engine.
 """
 
-from adaspec.workload.prompts import held_out_files, prompt_for, prompt_texts
-from adaspec.workload.report import format_table, summarize
+from adaspec.workload.prompts import held_out_files, prompt_for, prompt_texts, tokenizer_for
+from adaspec.workload.report import format_table, meets_slo, summarize
 from adaspec.workload.trace import (
     ATTRIBUTION,
     TraceRequest,
@@ -25,9 +26,11 @@ __all__ = [
     "held_out_files",
     "load_stats",
     "load_trace",
+    "meets_slo",
     "prompt_for",
     "prompt_texts",
     "summarize",
     "synthetic_window",
+    "tokenizer_for",
     "window",
 ]

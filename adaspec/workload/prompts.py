@@ -124,3 +124,17 @@ def prompt_for(num_tokens: int, snippet_source: str, tokenize: Callable[[str], l
     if j >= 0:
         end = end + 1 + j
     return text[:max(end, 1)]
+
+
+def tokenizer_for(model_dir: str | Path | None) -> Callable[[str], list[int]]:
+    """The tokenize function of a checkpoint directory's `tokenizer.json` (default: the bundled target), through
+    the `tokenizers` library: sizing prompts must not load torch or a model."""
+    from tokenizers import Tokenizer
+
+    from adaspec.engine.paths import BUNDLED_TARGET
+
+    path = Path(model_dir or BUNDLED_TARGET) / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: sizing prompts to token counts needs the model's tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(path))
+    return lambda text: tokenizer.encode(text, add_special_tokens=False).ids

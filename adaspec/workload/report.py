@@ -13,6 +13,22 @@ def _pct_ms(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) * 1000.0 if values else None
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else float(seconds) * 1000.0
+
+
+def meets_slo(ttft_ms: float | None, tpot_ms: float | None, slo_ttft_ms: float | None, slo_tpot_ms: float | None,
+              e2el_ms: float | None = None, slo_e2el_ms: float | None = None) -> bool:
+    """Whether one completed request meets an SLO; a limit of None is not checked. A request without a TTFT or
+    an end-to-end latency (no token came) misses that limit; one without a TPOT (fewer than 2 tokens) meets the
+    TPOT limit, as the coordinator's `slo_met` has it and as vLLM's goodput counts such a TPOT as 0."""
+    if slo_ttft_ms is not None and (ttft_ms is None or ttft_ms > slo_ttft_ms):
+        return False
+    if slo_tpot_ms is not None and tpot_ms is not None and tpot_ms > slo_tpot_ms:
+        return False
+    return slo_e2el_ms is None or (e2el_ms is not None and e2el_ms <= slo_e2el_ms)
+
+
 def summarize(results: Iterable[Mapping[str, Any]], wall_s: float, slo_ttft_ms: float,
               slo_tpot_ms: float) -> dict:
     """One replay's summary. Each result is a dict with `ok`, `error`, `output_tokens`,
@@ -32,11 +48,7 @@ def summarize(results: Iterable[Mapping[str, Any]], wall_s: float, slo_ttft_ms: 
     ttfts = [float(r.get("ttft_s")) for r in done if r.get("ttft_s") is not None]
     tpots = [float(r.get("tpot_s")) for r in done if r.get("tpot_s") is not None]
     out_tokens = sum(int(r.get("output_tokens") or 0) for r in done)
-    met = 0
-    for r in done:
-        ttft, tpot = r.get("ttft_s"), r.get("tpot_s")
-        if ttft is not None and ttft * 1000.0 <= slo_ttft_ms and (tpot is None or tpot * 1000.0 <= slo_tpot_ms):
-            met += 1
+    met = sum(meets_slo(_ms(r.get("ttft_s")), _ms(r.get("tpot_s")), slo_ttft_ms, slo_tpot_ms) for r in done)
     ks = [float(r.get("mean_k")) for r in done if r.get("mean_k") is not None]
     drafted = sum(int(r.get("draft_tokens") or 0) for r in done)
     accepted = sum(int(r.get("accepted_tokens") or 0) for r in done)
@@ -71,9 +83,10 @@ def _cell(value: Any, fmt: str | None) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple]) -> str:
-    """An aligned text table. A column is a key, `(key, header)` or `(key, header, format_spec)`; numbers are
-    right-aligned, text left-aligned, a missing or None value shows as `-`."""
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple], markdown: bool = False) -> str:
+    """An aligned text table, or with `markdown` a Markdown (GFM) one. A column is a key, `(key, header)` or
+    `(key, header, format_spec)`; numbers are right-aligned, text left-aligned, a missing or None value shows
+    as `-`."""
     cols = []
     for c in columns:
         key, header, fmt = (c, c, None) if isinstance(c, str) else (tuple(c) + (None, None))[:3]
@@ -83,9 +96,17 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tupl
                for key, _, _ in cols]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h, _) in enumerate(cols)]
 
-    def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+    if markdown:
+        widths = [max(w, 3) for w in widths]  # room for the `--:` alignment rule
 
-    out = [line([h for _, h, _ in cols]), "  ".join("-" * w for w in widths)]
+    def line(values: list[str]) -> str:
+        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return f"| {' | '.join(padded)} |" if markdown else "  ".join(padded).rstrip()
+
+    if markdown:
+        rule = f"| {' | '.join('-' * (w - 1) + ':' if num else '-' * w for w, num in zip(widths, numeric))} |"
+    else:
+        rule = "  ".join("-" * w for w in widths)
+    out = [line([h for _, h, _ in cols]), rule]
     out += [line(r) for r in cells]
     return "\n".join(out)
