@@ -1,4 +1,5 @@
-"""The `adaspec` command line: run the stack (`up`), one service (`serve`), a client (`generate`), the demo."""
+"""The `adaspec` command line: run the stack (`up`), one service (`serve`), a client (`generate`), the demo, the
+benchmark (`bench`)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     from adaspec.demo import add_demo_args
 
     add_demo_args(demo)
+
+    bench = sub.add_parser("bench", help="serving benchmark: request rates x policies, vLLM's metrics, SLO attainment")
+    from adaspec.bench.cli import add_bench_args
+
+    add_bench_args(bench)
 
     args = parser.parse_args(argv)
     try:
@@ -153,7 +159,13 @@ def cmd_demo(args) -> int:
     return run_demo(args, stack_config(args))
 
 
-COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo}
+def cmd_bench(args) -> int:
+    from adaspec.bench.cli import run_bench_command
+
+    return run_bench_command(args)
+
+
+COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -189,7 +189,8 @@ def test_format_table() -> None:
     assert lines[2].split() == ["none", "12.3", "-"] and lines[3].split() == ["fixed:4", "101.0", "4"]
     assert len({len(line) for line in lines[1:]}) == 1  # aligned: numeric columns right-justified to the end
     md = format_table(rows, ["policy", ("tok_s", "tokens/s", ".1f")], markdown=True).splitlines()
-    assert md == ["| policy  | tokens/s |", "| ------- | -------: |", "| none    |     12.3 |", "| fixed:4 |    101.0 |"]
+    assert md == ["| policy  | tokens/s |", "| ------- | -------: |",
+                  "| none    |     12.3 |", "| fixed:4 |    101.0 |"]
 
 
 def test_meets_slo() -> None:
