@@ -58,6 +58,16 @@ def _policies(text: str) -> list[str]:
     return policies
 
 
+class _GoodputAction(argparse.Action):
+    """`--goodput ttft:MS tpot:MS [e2el:MS]` -> {metric: ms}; malformed, an argparse error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            setattr(namespace, self.dest, parse_goodput(values))
+        except ValueError as error:
+            parser.error(str(error))
+
+
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where")
     where.add_argument("--target", type=_argument(_host_port, "HOST:PORT"),
@@ -108,8 +118,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                      metavar="NAME:TPOT_MS[:TTFT_MS[:FRACTION]]",
                      help="an SLO class (repeatable): each request draws a class by the fractions (default equal) "
                           "and carries its SLO; a class without TTFT_MS takes --slo-ttft-ms")
-    slo.add_argument("--goodput", type=_argument(lambda t: next(iter(parse_goodput([t]).items())), "KEY:MS"),
-                     nargs="+", metavar="KEY:MS",
+    slo.add_argument("--goodput", action=_GoodputAction, nargs="+", metavar="KEY:MS",
                      help="vLLM's goodput limits, KEY in ttft, tpot, e2el (default: each request's own SLO)")
 
     rep = parser.add_argument_group("repetition and output")
