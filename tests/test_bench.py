@@ -285,7 +285,8 @@ def test_bench_cli_against_a_running_stack(stack, tmp_path: Path, capsys) -> Non
     out = tmp_path / "cli" / "bench.json"
     rc = main(["bench", "--target", stack.address, "--policies", "fixed:2", "--request-rate", "inf",
                "--num-requests", "2", "--input-len", "24", "--output-len", "6", "--warmup-requests", "0",
-               "--slo-tpot-ms", "2000", "--goodput", "ttft:5000", "tpot:2000", "--output-json", str(out)])
+               "--max-concurrency", "1", "--slo-tpot-ms", "2000", "--goodput", "ttft:5000", "tpot:2000",
+               "--output-json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| fixed:2" in printed and str(out) in printed
@@ -293,6 +294,8 @@ def test_bench_cli_against_a_running_stack(stack, tmp_path: Path, capsys) -> Non
     row = saved["rows"][0]
     assert (row["policy"], row["rate"], row["requests"], row["failed"]) == ("fixed:2", "inf", 2, 0)
     assert saved["config"]["goodput"] == {"ttft": 5000.0, "tpot": 2000.0} and row["goodput"] > 0
+    first, second = sorted(saved["requests"], key=lambda r: r["send_s"])
+    assert second["send_s"] >= first["send_s"] + first["e2el_ms"] / 1e3  # --max-concurrency 1: one after the other
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").stat().st_size > 0
 
 

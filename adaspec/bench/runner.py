@@ -73,10 +73,10 @@ async def _warm_up(backend: Backend, workload: Workload, policy: str, config: Be
 
     async def one(i: int) -> dict:
         request = workload.requests[i % n]
+        short = dataclasses.replace(request, max_tokens=min(request.max_tokens, WARMUP_MAX_TOKENS))
         async with slots:
-            return await timed_request(backend, dataclasses.replace(request, max_tokens=min(request.max_tokens,
-                                                                                             WARMUP_MAX_TOKENS)),
-                                       policy=policy, temperature=config.temperature, ignore_eos=config.ignore_eos)
+            return await timed_request(backend, short, policy=policy, temperature=config.temperature,
+                                       ignore_eos=config.ignore_eos)
 
     results = await asyncio.gather(*(one(i) for i in range(config.warmup_requests)))
     return sum(not r["ok"] for r in results)

@@ -80,7 +80,7 @@ def request_slos(config: BenchConfig, rng: np.random.Generator) -> list[SloClass
     """Each request's SLO class (None without classes: `slo_ttft_ms` / `slo_tpot_ms` for all)."""
     if not config.slo_classes:
         return [None] * config.num_requests
-    return list(assign_classes(config.slo_classes, config.num_requests, rng))
+    return assign_classes(config.slo_classes, config.num_requests, rng)
 
 
 def build_workload(config: BenchConfig, tokenize: Callable[[str], list[int]]) -> Workload:
@@ -95,12 +95,15 @@ def build_workload(config: BenchConfig, tokenize: Callable[[str], list[int]]) ->
         prompt_counts = [config.input_len] * config.num_requests
         output_counts = [config.output_len] * config.num_requests
         description = (f"{config.num_requests} requests of {config.input_len} prompt and {config.output_len} output "
-                       f"tokens, gamma arrivals (burstiness {config.burstiness:g})")
+                       f"tokens, gamma arrivals (burstiness {config.burstiness:g}).")
     prompts = dataset_prompts(config.dataset, prompt_counts, config.seed, tokenize)
     requests = []
     slos = request_slos(config, class_rng)
     for i, (prompt, output_tokens, slo) in enumerate(zip(prompts, output_counts, slos, strict=True)):
-        ttft_ms = slo.ttft_ms if slo is not None and slo.ttft_ms is not None else config.slo_ttft_ms
-        requests.append(BenchRequest(i, prompt, len(tokenize(prompt)), int(output_tokens),
-                                     slo.name if slo else None, ttft_ms, slo.tpot_ms if slo else config.slo_tpot_ms))
-    return Workload(requests, unit_arrivals, f"{description}; prompts: {config.dataset}")
+        if slo is None:
+            name, ttft_ms, tpot_ms = None, config.slo_ttft_ms, config.slo_tpot_ms
+        else:  # a class without its own TTFT limit takes the bench's
+            ttft_ms = slo.ttft_ms if slo.ttft_ms is not None else config.slo_ttft_ms
+            name, tpot_ms = slo.name, slo.tpot_ms
+        requests.append(BenchRequest(i, prompt, len(tokenize(prompt)), int(output_tokens), name, ttft_ms, tpot_ms))
+    return Workload(requests, unit_arrivals, f"{description} Prompts: {config.dataset}.")
