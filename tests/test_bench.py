@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +236,12 @@ def test_bad_combinations_are_errors(capsys) -> None:
     assert "either for all requests" in capsys.readouterr().err
     with pytest.raises(ValueError, match="min_output_tokens"):
         BenchConfig(policies=["none"], min_output_tokens=20, max_output_tokens=10)
+
+
+def test_the_bench_does_not_import_torch() -> None:
+    code = ("import sys, adaspec.bench.cli, adaspec.bench.runner, adaspec.bench.report; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ def _number(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str],
 POSITIVE_INT = _number(int, lambda v: v >= 1, "an integer >= 1")
 NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "an integer >= 0")
 POSITIVE = _number(float, lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 MILLISECONDS = _number(float, lambda v: 0 < v < math.inf, "a number of milliseconds > 0")
 RATE = _number(float, lambda v: v > 0, "a request rate > 0 (req/s) or inf")
 
@@ -105,7 +106,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                       help="prompt text: held-out Python source (the bundled models' domain) or Spec-Bench turns")
     work.add_argument("--tokenizer", help="checkpoint directory whose tokenizer.json sizes the prompts "
                                           "(default: --target-model, else the bundled target)")
-    work.add_argument("--temperature", type=_number(float, lambda v: 0 <= v < math.inf, "a number >= 0"), default=0.0)
+    work.add_argument("--temperature", type=NON_NEGATIVE, default=0.0)
     work.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                       help="generate every requested token (default: on)")
 

@@ -1,7 +1,8 @@
-"""What one `adaspec bench` measures: load, workload, sampling, policies, SLOs, repetition, output.
+"""What one `adaspec bench` measures: load, workload, sampling, policies, SLOs, repetition, backend.
 
-`adaspec bench`'s options map one to one onto these fields (the CLI builds a `BenchConfig`), and the
-tests build one directly. Checks that span fields run here, so a bad combination fails before any request.
+`adaspec bench`'s options, but for the stack it may start and the output path, map onto these fields (the CLI
+builds a `BenchConfig`; the tests build one directly). Checks that span fields run here, so that a bad
+combination fails before any request is sent.
 """
 
 from __future__ import annotations

@@ -47,17 +47,17 @@ def run_bench(config: BenchConfig, target: str) -> dict:
 async def _run_all(config: BenchConfig, target: str, workload: Workload) -> tuple[list[dict], list[dict]]:
     order = run_order(config.policies, config.request_rates, config.rounds, config.alternate_rates)
     runs, records = [], []
-    bar = tqdm(total=len(order) * len(workload.requests), unit="req")
-    async with open_backend(config.backend, target, timeout_s=config.request_timeout_s,
-                            max_retries=config.max_retries) as backend:
-        for round_index, rate, policy in order:
-            bar.set_description(f"round {round_index + 1}/{config.rounds}, {rate_label(rate)} req/s, {policy}")
-            warmup_failed = await _warm_up(backend, workload, policy, config)
-            run_records, duration_s = await _replay(backend, workload, rate, policy, config, bar)
-            run_records = [{"policy": policy, "rate": rate, "round": round_index, **r} for r in run_records]
-            runs.append(run_row(policy, rate, round_index, run_records, duration_s, config.goodput, warmup_failed))
-            records += run_records
-    bar.close()
+    with tqdm(total=len(order) * len(workload.requests), unit="req") as bar:
+        async with open_backend(config.backend, target, timeout_s=config.request_timeout_s,
+                                max_retries=config.max_retries) as backend:
+            for round_index, rate, policy in order:
+                bar.set_description(f"round {round_index + 1}/{config.rounds}, {rate_label(rate)} req/s, {policy}")
+                warmup_failed = await _warm_up(backend, workload, policy, config)
+                run_records, duration_s = await _replay(backend, workload, rate, policy, config, bar)
+                run_records = [{"policy": policy, "rate": rate, "round": round_index, **r} for r in run_records]
+                runs.append(run_row(policy, rate, round_index, run_records, duration_s, config.goodput,
+                                    warmup_failed))
+                records += run_records
     return runs, records
 
 
