@@ -25,7 +25,7 @@ from adaspec.bench.slo import SloClass, assign_classes, class_fractions, parse_g
 from adaspec.bench.workload import BenchRequest, build_workload
 from adaspec.cli import main
 from adaspec.stack import Stack, StackConfig
-from adaspec.workload import load_trace, tokenizer_for
+from adaspec.workload import load_trace, meets_slo, tokenizer_for
 from adaspec.workload.trace import window_start
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,8 +41,7 @@ def record(ok=True, ttft=None, tpot=None, e2el=None, itl=(), tokens=0, slo=(None
            accepted=0, k=0.0, policy="p", rate=1.0, round_index=0) -> dict:
     """A per-request record as `request_record` writes it (plus what the runner adds)."""
     has_slo = slo != (None, None)
-    met = ok and (slo[0] is None or (ttft is not None and ttft <= slo[0])) and (
-        slo[1] is None or tpot is None or tpot <= slo[1])
+    met = ok and meets_slo(ttft, tpot, *slo)
     return {"policy": policy, "rate": rate, "round": round_index, "index": 0, "class": cls, "prompt_tokens": 10,
             "max_tokens": tokens, "ok": ok, "error": None if ok else "UNAVAILABLE: gone",
             "error_code": None if ok else "UNAVAILABLE", "output_tokens": tokens, "ttft_ms": ttft, "tpot_ms": tpot,
