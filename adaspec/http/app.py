@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +31,7 @@ from adaspec.http.errors import ApiError, from_validation
 from adaspec.http.generation import Generation
 from adaspec.http.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
+log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 1.0
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer (seen in access logs)
 
@@ -99,14 +100,14 @@ def create_app(settings: HttpSettings) -> FastAPI:
         _check(body, settings.model_name)
         generation = Generation(request.app.state.client, settings.model_name, body, body.single_prompt(),
                                 chat=False)
-        return await _cancel_on_disconnect(request, generation.respond())
+        return await _cancel_on_disconnect(request, generation)
 
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _check(body, settings.model_name)
         prompt = settings.chat_template.render(body.conversation())
         generation = Generation(request.app.state.client, settings.model_name, body, prompt, chat=True)
-        return await _cancel_on_disconnect(request, generation.respond())
+        return await _cancel_on_disconnect(request, generation)
 
     return app
 
@@ -134,16 +135,16 @@ def _bearer_check(api_key: str | None):
     return check
 
 
-async def _cancel_on_disconnect(request: Request, answer: Awaitable[Response]) -> Response:
-    """`answer`, cancelled if the client disconnects first (the SDK's call with it, so the coordinator closes
-    both sessions). Starlette does this itself only while a streamed body is being sent; this covers the
-    wait for a whole completion and for a stream's first token."""
+async def _cancel_on_disconnect(request: Request, generation: Generation) -> Response:
+    """The generation's response, cancelled if the client disconnects first (the SDK's call with it, so the
+    coordinator closes both sessions). Starlette does this itself only while a streamed body is being sent;
+    this covers the wait for a whole completion and for a stream's first token."""
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    answering, watching = asyncio.ensure_future(answer), asyncio.ensure_future(disconnected())
+    answering, watching = asyncio.ensure_future(generation.respond()), asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # this handler is cancelled (the server is stopping): so is the answer
@@ -155,4 +156,5 @@ async def _cancel_on_disconnect(request: Request, answer: Awaitable[Response]) -
         return answering.result()
     answering.cancel()
     await asyncio.wait((answering,))  # its cleanup (the call's cancel) runs before the handler returns
+    log.info("client left; request cancelled", extra={"request_id": generation.request_id})
     return Response(status_code=CLIENT_CLOSED_REQUEST)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -25,6 +26,8 @@ from adaspec.http.errors import ApiError, from_adaspec
 from adaspec.http.schemas import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                                   Completion, CompletionChoice, GenerationRequest, Stats, Usage)
 from adaspec.http.sse import DONE, EventStream, event
+
+log = logging.getLogger(__name__)
 
 
 class Generation:
@@ -71,23 +74,29 @@ class Generation:
                           choices=[CompletionChoice(text=completion.text, finish_reason=completion.finish_reason)])
 
     async def _events(self, first: Chunk, chunks: AsyncIterator[Chunk]) -> AsyncGenerator[str, None]:
-        async with contextlib.aclosing(chunks):
-            if self.chat:  # OpenAI's first chat chunk names the role
-                yield event(self._chunk({"role": "assistant", "content": ""}))
-            try:
-                chunk: Chunk | None = first
-                while chunk is not None:
-                    if chunk.text:
-                        yield event(self._chunk({"content": chunk.text} if self.chat else chunk.text))
-                    if chunk.finish_reason:
-                        stats = _stats(chunk.stats)
-                        yield event(self._chunk({} if self.chat else "", chunk.finish_reason, stats))
-                        if self.request.include_usage and stats:
-                            yield event(self._chunk(None, usage=Usage.of(stats)))
-                    chunk = await anext(chunks, None)
-            except AdaSpecError as error:
-                yield event(self._error(error).body())
-        yield DONE
+        ended = False
+        try:
+            async with contextlib.aclosing(chunks):
+                if self.chat:  # OpenAI's first chat chunk names the role
+                    yield event(self._chunk({"role": "assistant", "content": ""}))
+                try:
+                    chunk: Chunk | None = first
+                    while chunk is not None:
+                        if chunk.text:
+                            yield event(self._chunk({"content": chunk.text} if self.chat else chunk.text))
+                        if chunk.finish_reason:
+                            stats = _stats(chunk.stats)
+                            yield event(self._chunk({} if self.chat else "", chunk.finish_reason, stats))
+                            if self.request.include_usage and stats:
+                                yield event(self._chunk(None, usage=Usage.of(stats)))
+                        chunk = await anext(chunks, None)
+                except AdaSpecError as error:
+                    yield event(self._error(error).body())
+            ended = True
+            yield DONE
+        finally:
+            if not ended:  # closed or cancelled before the request's end: the client left
+                log.info("client left mid-stream; request cancelled", extra={"request_id": self.request_id})
 
     def _chunk(self, content: dict[str, str] | str | None, finish_reason: str | None = None,
                stats: Stats | None = None, usage: Usage | None = None) -> Completion | ChatCompletionChunk:
