@@ -30,6 +30,7 @@ from adaspec.http.chat_template import ChatTemplate
 from adaspec.http.errors import ApiError, from_validation
 from adaspec.http.generation import Generation
 from adaspec.http.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from adaspec.serving.server import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 1.0
@@ -51,9 +52,11 @@ def create_app(settings: HttpSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        # the SDK's channel and the health channel belong to the server's event loop: opened here, inside it
-        client = AsyncClient(settings.coordinator, timeout=settings.request_timeout_s, max_retries=settings.max_retries)
-        async with client, grpc.aio.insecure_channel(settings.coordinator) as health_channel:
+        # The SDK's channel and the health channel belong to the server's event loop: opened here, inside it.
+        # The services' channel options: keepalive pings notice a coordinator that is gone; 16 MiB messages.
+        client = AsyncClient(settings.coordinator, timeout=settings.request_timeout_s, max_retries=settings.max_retries,
+                             channel_options=CHANNEL_OPTIONS)
+        async with client, grpc.aio.insecure_channel(settings.coordinator, options=CHANNEL_OPTIONS) as health_channel:
             app.state.client = client
             app.state.health = health_pb2_grpc.HealthStub(health_channel)
             yield
