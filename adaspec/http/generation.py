@@ -54,7 +54,7 @@ class Generation:
                 completion = await self.client.generate(self.prompt, **arguments)
             except AdaSpecError as error:
                 raise self._error(error) from error
-            return JSONResponse(self.response(completion).model_dump(mode="json"))
+            return JSONResponse(self._body(completion).model_dump(mode="json"))
         try:
             chunks = self.client.stream(self.prompt, **arguments)  # checks the arguments at once
             first = await anext(chunks)
@@ -62,7 +62,7 @@ class Generation:
             raise self._error(error) from error
         return EventStream(self._events(first, chunks))
 
-    def response(self, completion: SdkCompletion) -> Completion | ChatCompletion:
+    def _body(self, completion: SdkCompletion) -> Completion | ChatCompletion:
         stats = _stats(completion.stats)
         usage = Usage.of(stats) if stats else None
         if self.chat:

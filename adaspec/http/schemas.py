@@ -41,7 +41,7 @@ class GenerationRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    user: str | None = None  # accepted and ignored, as an end-user id for abuse monitoring is
+    user: str | None = None  # accepted and ignored (OpenAI's end-user id, for its abuse monitoring)
     # vLLM's sampling extensions
     top_k: int | None = None  # 0 or -1 (vLLM's spelling): off
     ignore_eos: bool = False
