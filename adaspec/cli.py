@@ -16,9 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaspec", description="Load- and SLO-adaptive speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start verify, draft and coordinator processes on loopback; Ctrl-C stops them")
+    up = sub.add_parser("up", help="start verify, draft, coordinator and HTTP API processes on loopback; Ctrl-C "
+                                   "stops them")
     add_stack_args(up)
     up.add_argument("--port", type=int, default=50051, help="coordinator port")
+    up.add_argument("--http-port", type=int, default=8000, help="port of the OpenAI-compatible HTTP API")
+    up.add_argument("--no-http", action="store_true", help="no HTTP API process")
+    up.add_argument("--api-key-file", help="require this file's key as `Authorization: Bearer KEY` on the HTTP API "
+                                           "(or set $ADASPEC_API_KEY)")
 
     serve = sub.add_parser("serve", help="run one service (what a container runs)")
     services = serve.add_subparsers(dest="service", required=True)
@@ -30,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     verify_args(services.add_parser("verify", help="a verify replica (target model)"))
     draft_args(services.add_parser("draft", help="a draft replica (draft model)"))
+    from adaspec.http.main import add_args as http_args
+
+    http_args(services.add_parser("http", help="the OpenAI-compatible HTTP API in front of a coordinator"))
 
     gen = sub.add_parser("generate", help="generate text for one prompt through a running coordinator")
     gen.add_argument("prompt")
@@ -90,7 +98,10 @@ def stack_config(args, port: int = 0):
 def cmd_up(args) -> int:
     from adaspec.stack import Stack
 
-    stack = Stack(stack_config(args, args.port))
+    config = stack_config(args, args.port)
+    config.http, config.http_port = not args.no_http, args.http_port
+    config.http_args = ["--api-key-file", args.api_key_file] if args.api_key_file else []
+    stack = Stack(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like Ctrl-C: leave the `with` and stop in order
     print("starting ...", file=sys.stderr)
     with stack:
@@ -99,6 +110,9 @@ def cmd_up(args) -> int:
         if stack.redis_url:
             print(f"{'load store':<12} {stack.redis_url}")
         print(f"\nready: adaspec generate 'def main():' --address {stack.address}   (Ctrl-C stops the stack)")
+        if config.http:
+            print(f"       OpenAI-compatible API at {stack.http_url}/v1: curl {stack.http_url}/v1/completions "
+                  f"""-H 'Content-Type: application/json' -d '{{"prompt": "def main():", "max_tokens": 32}}'""")
         try:
             while all(p.popen.poll() is None for p in stack.processes.values()):
                 time.sleep(0.5)
@@ -111,7 +125,8 @@ def cmd_up(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    importlib.import_module(f"services.{args.service}.main").main(args)
+    module = "adaspec.http.main" if args.service == "http" else f"services.{args.service}.main"
+    importlib.import_module(module).main(args)
     return 0
 
 

@@ -1,9 +1,11 @@
-"""The whole stack on one machine, as separate processes: verify replica(s), draft replica(s), a coordinator.
+"""The whole stack on one machine, as separate processes: verify replica(s), draft replica(s), a coordinator,
+and optionally the OpenAI-compatible HTTP API in front of it.
 
 What `adaspec up` and `adaspec demo` run, and what the service tests and benchmarks start. Every
 process is a real `adaspec serve ...` on a loopback port; `start()` returns once each one reports
-SERVING through standard gRPC health checking; `stop()` sends SIGTERM (graceful drain) and
-escalates to SIGKILL only if a process does not exit.
+SERVING through standard gRPC health checking (the HTTP process: once its `/health` answers 200, which it
+does once the coordinator serves); `stop()` sends SIGTERM (graceful drain) and escalates to SIGKILL only
+if a process does not exit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaspec.http.readiness import wait_until_healthy
 from adaspec.loadstore import RedisServer
 from adaspec.loadstore.redis_server import free_port
 from adaspec.serving.lifetime import die_with_parent
@@ -37,6 +40,9 @@ class StackConfig:
     verify_args: list[str] = field(default_factory=list)  # extra `adaspec serve verify` arguments
     draft_args: list[str] = field(default_factory=list)
     coordinator_args: list[str] = field(default_factory=list)
+    http: bool = False  # the OpenAI-compatible HTTP API process (`adaspec serve http`), named "http"
+    http_port: int = 0  # 0: any free port
+    http_args: list[str] = field(default_factory=list)
     threads: int | None = None  # torch threads per model process (default: cores / model processes)
     log_dir: str | None = None
     ready_timeout_s: float = 120.0
@@ -65,6 +71,11 @@ class Stack:
     def address(self) -> str:
         return self.processes["coordinator"].address
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's root (`http://host:port`); OpenAI clients take `http_url + "/v1"` as base URL."""
+        return f"http://{self.processes['http'].address}"
+
     def start(self) -> Stack:
         c = self.config
         try:
@@ -86,6 +97,9 @@ class Stack:
             draft = ",".join(p.address for n, p in self.processes.items() if n.startswith("draft"))
             self._spawn("coordinator", ["coordinator", "--host", c.host, *store, "--verify", verify, "--draft", draft,
                                         "--policy", c.policy, *c.coordinator_args], port=c.coordinator_port)
+            if c.http:
+                self._spawn("http", ["http", "--host", c.host, "--coordinator", self.address,
+                                     *(["--tokenizer", c.target] if c.target else []), *c.http_args], port=c.http_port)
             asyncio.run(self._wait_ready())
         except BaseException:
             self.stop()
@@ -97,7 +111,7 @@ class Stack:
         address = f"{self.config.host}:{port}"
         log_path = self.log_dir / f"{name}.log"
         command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port)]
-        if name != "coordinator":
+        if name.startswith(("verify", "draft")):
             command += ["--replica-id", name]
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
@@ -107,7 +121,10 @@ class Stack:
 
     async def _wait_ready(self) -> None:
         async def ready(process: Process) -> None:
-            waiting = asyncio.ensure_future(wait_until_serving(process.address, self.config.ready_timeout_s))
+            timeout_s = self.config.ready_timeout_s
+            waiting = asyncio.ensure_future(
+                wait_until_healthy(f"http://{process.address}/health", timeout_s) if process.name == "http"
+                else wait_until_serving(process.address, timeout_s))
             while not waiting.done():
                 if process.popen.poll() is not None:
                     waiting.cancel()
@@ -134,10 +151,11 @@ class Stack:
         process.popen.wait()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the coordinator first (it drains requests), then the replicas. A process still running
-        after `timeout_s` (above the services' 10 s grace) writes its threads' stacks to its log, then is
-        SIGKILLed."""
-        order = sorted(self.processes.values(), key=lambda p: p.name != "coordinator")
+        """SIGTERM the HTTP API and the coordinator first (they drain requests), then the replicas. A process
+        still running after `timeout_s` (above the services' 10 s grace) writes its threads' stacks to its log,
+        then is SIGKILLed."""
+        first = ("http", "coordinator")
+        order = sorted(self.processes.values(), key=lambda p: first.index(p.name) if p.name in first else len(first))
         for process in order:
             if process.popen.poll() is None:
                 process.popen.send_signal(signal.SIGTERM)

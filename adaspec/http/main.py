@@ -1,0 +1,71 @@
+"""`adaspec serve http`: the OpenAI-compatible HTTP API (FastAPI on uvicorn) in front of a coordinator.
+
+Arguments are declared without importing FastAPI or uvicorn (the CLI builds every parser); they load on start.
+Like every AdaSpec service: JSON logs on stderr, and on SIGTERM or SIGINT it drains and exits 0
+(`adaspec.http.server`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from adaspec.client._base import DEFAULT_ADDRESS
+
+API_KEY_ENV = "ADASPEC_API_KEY"
+DEFAULT_PORT = 8000
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="the coordinator's HOST:PORT")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--tokenizer",
+                        help="the target's checkpoint or tokenizer directory, for its chat template and model name "
+                             "(default: the bundled tiny-target)")
+    parser.add_argument("--served-model-name",
+                        help="the model name of /v1/models and of requests (default: the tokenizer directory's name)")
+    parser.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` on /v1 (visible in ps: prefer "
+                                          f"--api-key-file or ${API_KEY_ENV})")
+    parser.add_argument("--api-key-file", help="read the API key from this file (surrounding whitespace dropped)")
+    parser.add_argument("--request-timeout", type=float,
+                        help="seconds each request may take at the coordinator (504 past it; default: no limit)")
+    parser.add_argument("--max-retries", type=int, default=0,
+                        help="SDK retries before the first token on UNAVAILABLE / RESOURCE_EXHAUSTED (default 0: "
+                             "answer 503 / 429 with Retry-After and let the HTTP client retry)")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
+    parser.add_argument("--log-level", default="info")
+
+
+def api_key(args) -> str | None:
+    """`--api-key`, else the contents of `--api-key-file`, else `$ADASPEC_API_KEY`, else None (no auth)."""
+    key = args.api_key
+    if key is None and args.api_key_file:
+        key = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+    if key is None:
+        key = os.environ.get(API_KEY_ENV) or None
+    return key
+
+
+def main(args) -> None:
+    from adaspec.engine.paths import BUNDLED_TARGET
+    from adaspec.http.app import HttpSettings, create_app
+    from adaspec.http.chat_template import ChatTemplate
+    from adaspec.http.server import serve
+    from adaspec.serving.logs import configure_logging
+
+    configure_logging("http", args.log_level)
+    tokenizer = Path(args.tokenizer) if args.tokenizer else BUNDLED_TARGET
+    settings = HttpSettings(coordinator=args.coordinator, model_name=args.served_model_name or tokenizer.name,
+                            chat_template=ChatTemplate.load(tokenizer), api_key=api_key(args),
+                            request_timeout_s=args.request_timeout, max_retries=args.max_retries)
+    log.info("starting", extra={"address": f"{args.host}:{args.port}", "coordinator": args.coordinator,
+                                "model": settings.model_name, "chat_template": settings.chat_template.kind,
+                                "auth": settings.api_key is not None})
+    serve(create_app(settings), args.host, args.port, grace_s=args.grace_s, log_level=args.log_level)

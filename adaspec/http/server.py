@@ -1,0 +1,55 @@
+"""uvicorn as an AdaSpec service runs: JSON logs, and a signal drains the server and returns.
+
+uvicorn's own signal handling raises the signal again once the server has stopped, so the process would end
+killed by SIGTERM (exit code -15) after a clean drain; every AdaSpec service exits 0 then (what `Stack` and
+container runtimes read as a clean stop). Draining is uvicorn's: the listening socket closes (new
+connections are refused, as a gRPC service's health goes NOT_SERVING), requests in flight run to their end,
+and past `grace_s` they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvicorn
+from starlette.types import ASGIApp
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DrainingServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, self._drain, sig)
+        try:
+            yield
+        finally:
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def _drain(self, sig: int) -> None:
+        log.info("draining", extra={"signal": signal.Signals(sig).name})
+        self.should_exit = True
+
+
+def serve(app: ASGIApp, host: str, port: int, *, grace_s: float, log_level: str = "info") -> None:
+    """Run `app` until SIGTERM or SIGINT, then drain for at most `grace_s` seconds. Logging is the caller's
+    (`configure_logging`): uvicorn's loggers propagate to it."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_color_message)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level.lower(),
+                            timeout_graceful_shutdown=grace_s)
+    asyncio.run(DrainingServer(config).serve())
+    log.info("stopped", extra={"address": f"{host}:{port}"})
+
+
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    """uvicorn attaches an ANSI-coloured copy of each message as `color_message`: not for JSON logs."""
+    record.__dict__.pop("color_message", None)
+    return True
