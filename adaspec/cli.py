@@ -1,5 +1,5 @@
 """The `adaspec` command line: run the stack (`up`), one service (`serve`), a client (`generate`), the demo, the
-benchmark (`bench`)."""
+benchmark (`bench`), the latency profile (`profile`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 import time
 
 from adaspec.client._base import DEFAULT_ADDRESS
+from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
+
+POLICY_HELP = " | ".join(POLICY_NAMES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--offline", action="store_true", help="no service: run the in-process engine")
     gen.add_argument("--target", help="with --offline: target checkpoint directory")
     gen.add_argument("--draft", help="with --offline: draft checkpoint directory")
-    gen.add_argument("--policy", help="none | fixed:K (default: the coordinator's)")
+    gen.add_argument("--policy", help=f"{POLICY_HELP} (default: the coordinator's; offline: {DEFAULT_POLICY})")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=0)
@@ -67,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_args(bench)
 
+    profile = sub.add_parser("profile", help="measure the latency profile of the models on this machine")
+    from adaspec.profiling import add_profile_args
+
+    add_profile_args(profile)
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -82,7 +90,7 @@ def add_stack_args(parser: argparse.ArgumentParser) -> None:
                         help="'spawn' (start a local redis-server) or a Redis URL; default: in-process store")
     parser.add_argument("--target", help="target checkpoint directory (default: the bundled tiny-target)")
     parser.add_argument("--draft", help="draft checkpoint directory (default: the bundled tiny-draft)")
-    parser.add_argument("--policy", default="fixed:4", help="default policy: none | fixed:K")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"default policy: {POLICY_HELP}")
     parser.add_argument("--threads", type=int, help="torch threads per model process (default: cores / processes)")
     parser.add_argument("--log-dir", help="service logs (default: a temporary directory)")
 
@@ -160,7 +168,8 @@ def _generate_offline(args) -> int:
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop)
-    out = Engine(args.target, args.draft).generate([args.prompt], params, policy=args.policy or "fixed:4")[0]
+    out = Engine(args.target, args.draft).generate([args.prompt], params, policy=args.policy or DEFAULT_POLICY,
+                                                   ttft_ms=args.ttft_ms, tpot_ms=args.tpot_ms)[0]
     print(args.prompt + out.text)
     stats = out.stats
     print(f"\n[{len(out.token_ids)} tokens, finish: {out.finish_reason}, steps: {stats['steps']}, "
@@ -180,7 +189,14 @@ def cmd_bench(args) -> int:
     return run_bench_command(args)
 
 
-COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench}
+def cmd_profile(args) -> int:
+    from adaspec.profiling import run_profile
+
+    return run_profile(args)
+
+
+COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
+            "profile": cmd_profile}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,8 +6,9 @@ Plain Python and protobuf only, so the SDK can import it without the load store'
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adaspec.v1 import common_pb2
@@ -29,20 +30,27 @@ class ReplicaLoad:
     max_sessions: int = 0    # capacity: admitted + queue limit
     step_latency_ms: float = 0.0   # recent (EWMA) engine step latency
     acceptance_rate: float = 0.0   # EWMA over verify steps with drafts of accepted / drafted
-    tokens_per_step: float = 0.0
+    tokens_per_step: float = 0.0   # tokens committed per session step (EWMA), verify replicas
     updated_at: float = 0.0  # time.time() of the heartbeat
+    latency_coef: list[float] = field(default_factory=list)  # its latency model [w0..w3] (latency_profile)
+    acceptance_counts: list[float] = field(default_factory=list)  # verify: calibration counts (acceptance)
+    mean_context: float = 0.0  # mean context of its sequences (EWMA)
+    step_tokens: float = 0.0   # verify: query tokens per session step, drafts + 1 (EWMA)
+    step_batch: float = 0.0    # sessions per engine step (EWMA)
 
     def to_dict(self) -> dict[str, str]:
-        """Every field as a string: the shape of a Redis hash (`repr` keeps floats exact)."""
+        """Every field as a string: the shape of a Redis hash (`repr` keeps floats exact, lists are JSON)."""
         values = dataclasses.asdict(self)
-        return {k: repr(v) if isinstance(v, float) else str(v) for k, v in values.items()}
+        return {k: repr(v) if isinstance(v, float) else json.dumps(v) if isinstance(v, list) else str(v)
+                for k, v in values.items()}
 
     def to_proto(self) -> common_pb2.ReplicaLoad:
         return common_pb2.ReplicaLoad(**dataclasses.asdict(self))
 
     @classmethod
     def from_proto(cls, msg: common_pb2.ReplicaLoad) -> ReplicaLoad:
-        return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: list(v) if not isinstance(v := getattr(msg, f.name), (int, float, str)) else v
+                      for f in dataclasses.fields(cls)})
 
     @classmethod
     def from_dict(cls, data: Mapping[str | bytes, Any]) -> ReplicaLoad:
@@ -64,4 +72,5 @@ class ReplicaLoad:
 
 # field name -> converter from its string form, from the annotations (strings under `annotations`).
 _CONVERTERS: dict[str, type] = {
-    f.name: {"int": int, "float": float, "str": str}[str(f.type)] for f in dataclasses.fields(ReplicaLoad)}
+    f.name: {"int": int, "float": float, "str": str, "list[float]": json.loads}[str(f.type)]
+    for f in dataclasses.fields(ReplicaLoad)}

@@ -34,7 +34,7 @@ class StackConfig:
     redis: str | None = None  # None: in-process store in the coordinator; "spawn": start a redis-server; or a URL
     target: str | None = None
     draft: str | None = None
-    policy: str = "fixed:4"
+    policy: str = "adaspec"
     host: str = "127.0.0.1"
     coordinator_port: int = 0  # 0: any free port
     verify_args: list[str] = field(default_factory=list)  # extra `adaspec serve verify` arguments

@@ -9,10 +9,13 @@ new tokens are drafted, all sessions in the same forwards (`Drafter.propose`).
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from adaspec.engine import latency_probe
 from adaspec.engine.drafter import Drafter
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
 from adaspec.engine.model_loader import (
@@ -24,8 +27,10 @@ from adaspec.engine.model_loader import (
 )
 from adaspec.engine.model_runner import ModelRunner
 from adaspec.engine.sequence import Sequence, check_token_ids
-from adaspec.policy import DraftBudget, FixedLength
 from adaspec.sampling_params import SamplingParams
+from adaspec.speculation.draft_budget import DraftBudget
+from adaspec.speculation.latency_profile import LatencyProfile, OnlineLatencyModel, Sample, step_features
+from adaspec.speculation.policies.static import FixedLength
 
 
 @dataclass
@@ -55,7 +60,10 @@ class DraftEngine:
         block_size: int = 16,
         max_spec_len: int = 8,
         max_model_len: int | None = None,
+        profile: str | Path | LatencyProfile | None = None,
     ):
+        """`profile`: the draft model's latency profile (`adaspec profile`); without one, the quick grid is
+        measured here. Either way it is refined from every step and published with the replica's load."""
         self.device = torch.device(device) if device is not None else default_device()
         self.model = load_model(draft or BUNDLED_DRAFT, self.device, dtype or default_dtype(self.device))
         self.max_spec_len = max_spec_len
@@ -68,6 +76,16 @@ class DraftEngine:
         self.drafter = Drafter(ModelRunner(m, cache), len(m.tokenizer))
         self._sessions: dict[int, Sequence] = {}
         self._ids = itertools.count()
+        if isinstance(profile, (str, Path)):
+            profile = LatencyProfile.load(profile)
+        if profile is None or profile.draft is None:
+            grid = latency_probe.QUICK
+            samples = latency_probe.probe(self.drafter.runner, grid.shapes(grid.draft_tokens, self.max_model_len),
+                                          grid.repeats, logits_per_token=False)
+        else:
+            samples = profile.draft_samples
+        self.latency = OnlineLatencyModel(samples, profile.draft if profile is not None else None)
+        self.mean_batch = self.mean_context = 0.0  # EWMAs of each step's sessions and their context (published load)
 
     @property
     def num_sessions(self) -> int:
@@ -98,7 +116,13 @@ class DraftEngine:
         """Commit every session's new tokens and draft its k_i tokens, all sessions batched (`check`ed work)."""
         seqs = [self._commit(w) for w in work]
         budgets = [self._cap(seq, w.budget) for seq, w in zip(seqs, work)]
+        start = time.perf_counter()
         drafts = self.drafter.propose(seqs, budgets)
+        self.latency.observe(Sample(step_features(drafts.forwards), (time.perf_counter() - start) * 1e3))
+        rows, _, context = drafts.forwards[0]
+        weight = 0.1 if self.mean_batch else 1.0
+        self.mean_batch += weight * (rows - self.mean_batch)
+        self.mean_context += weight * (context - self.mean_context)
         counts = [0, *itertools.accumulate(len(t) for t in drafts.tokens)]
         return {
             seq.seq_id: DraftOutput(
@@ -120,8 +144,6 @@ class DraftEngine:
         check_token_ids(work.token_ids, len(self.model.tokenizer), "step.token_ids: token ids")
         if len(seq.token_ids) + len(work.token_ids) >= self.max_model_len:
             raise ValueError(f"step.token_ids: the session would pass the draft's context of {self.max_model_len}")
-        if work.budget.max_tokens < 0:
-            raise ValueError(f"step.max_draft_tokens: must be >= 0, got {work.budget.max_tokens}")
 
     def _commit(self, work: DraftWork) -> Sequence:
         seq = self._sessions[work.seq_id]
@@ -133,7 +155,7 @@ class DraftEngine:
 
     def _cap(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         room = self.max_model_len - len(seq.token_ids) - 1
-        return DraftBudget(max(0, min(budget.max_tokens, self.max_spec_len, room)), budget.min_confidence)
+        return budget.capped(min(self.max_spec_len, room))
 
     def kv_usage(self) -> tuple[int, int]:
         return self.blocks.num_free_blocks, self.blocks.num_blocks

@@ -1,26 +1,32 @@
 """The speculative decoding engine: continuous batching, ragged per-request drafts, lossless verification.
 
 One step, for every running request at once:
+  budget    each request's policy gives it a draft budget (`adaspec.speculation`: k_i <= max_spec_len, and a
+            stop rule the drafter applies token by token), from the batch's load and the latency profile;
   schedule  decoding requests first, then prompt chunks within the token budget;
-  budget    the request's policy gives it k_i (0 <= k_i <= max_spec_len);
-  propose   the draft model drafts k_i tokens per request (ragged) and catches up on committed tokens;
+  propose   the draft model drafts within each budget (ragged) and catches up on committed tokens; a step
+            where every budget is 0 runs no draft forward at all (the draft catches up when it next drafts);
   score     one packed target forward over prompt chunks and [last token, drafts] of every request;
   verify    rejection sampling (kernels.rejection_sample) accepts a prefix and adds one target token;
-  commit    append the emitted tokens, roll both KV caches back to what was accepted, finish requests.
+  commit    append the emitted tokens, roll both KV caches back to what was accepted, finish requests;
+  learn     the calibration, each request's acceptance, the policies and the latency models hear the outcome.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from collections.abc import Sequence as Seq
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import kernels
 from adaspec.engine.detokenizer import IncrementalDetokenizer
+from adaspec.engine import latency_probe
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
 from adaspec.engine.model_loader import (
@@ -34,11 +40,15 @@ from adaspec.engine.model_loader import (
     load_model,
 )
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
-from adaspec.policy import DraftBudget, Policy, make_policy
 from adaspec.engine.scheduler import Scheduler
 from adaspec.engine.sequence import Sequence, SequenceStatus, check_token_ids
+from adaspec.engine.step_planner import StepPlanner, StepTimings
 from adaspec.outputs import RequestOutput
 from adaspec.sampling_params import SamplingParams
+from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
+from adaspec.speculation.latency_profile import LatencyProfile
+from adaspec.speculation.policies import DEFAULT_POLICY, Policy
+from adaspec.speculation.step_state import StepLoad
 from kernels.rng import splitmix64
 
 VERIFY_STREAM = 2
@@ -50,7 +60,9 @@ class Engine:
     """Speculative decoding over a target and a draft model that share a vocabulary.
 
     `Engine()` loads the bundled pair; `Engine(target="dir", draft="dir")` any local HF checkpoints of
-    the Llama family; without a draft only the `none` policy is available.
+    the Llama family; without a draft only the `none` policy is available. `profile`: a latency profile
+    (`adaspec profile` writes one) for the policies that need one; without it, the quick grid is measured
+    the first time such a policy runs.
     """
 
     external_drafts = False  # True where drafts arrive from outside (the verify service's engine)
@@ -69,6 +81,7 @@ class Engine:
         max_spec_len: int = 8,
         max_model_len: int | None = None,
         seed: int = 0,
+        profile: str | Path | LatencyProfile | None = None,
     ):
         if target is None:
             target, draft = BUNDLED_TARGET, draft or BUNDLED_DRAFT
@@ -97,17 +110,21 @@ class Engine:
         self._ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[int, Sequence] = {}
+        if isinstance(profile, (str, Path)):
+            profile = LatencyProfile.load(profile)
+        self.planner = StepPlanner(max_spec_len, profile, self.measure_profile)
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def add_request(self, prompt: Prompt, params: SamplingParams, policy: str | Policy = "fixed:4",
-                    resume_output: Seq[int] = ()) -> int:
+    def add_request(self, prompt: Prompt, params: SamplingParams, policy: str | Policy = DEFAULT_POLICY,
+                    resume_output: Seq[int] = (), ttft_ms: float | None = None, tpot_ms: float | None = None) -> int:
         """Validate and queue one request; returns its id. Raises ValueError or KVCacheExhausted.
 
         `resume_output`: tokens the request already generated elsewhere (a replica that failed). They are
         prefilled after the prompt and count toward max_tokens and stop strings, so the request goes on
-        as from that point: greedy exactly as it would have there, sampled with the same distribution."""
-        seq = self._new_sequence(prompt, params, policy, resume_output)
+        as from that point: greedy exactly as it would have there, sampled with the same distribution.
+        `ttft_ms`, `tpot_ms`: the request's latency SLOs, for the policies that read them (`adaspec`)."""
+        seq = self._new_sequence(prompt, params, policy, resume_output, ttft_ms, tpot_ms)
         self._check_fits(seq)
         self._sequences[seq.seq_id] = seq
         self.scheduler.add(seq)
@@ -141,17 +158,20 @@ class Engine:
         self,
         prompts: Prompt | Seq[Prompt],
         params: SamplingParams | Seq[SamplingParams] | None = None,
-        policy: str | Policy = "fixed:4",
+        policy: str | Policy = DEFAULT_POLICY,
         use_tqdm: bool = False,
+        ttft_ms: float | None = None,
+        tpot_ms: float | None = None,
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs in prompt order. Every prompt is checked before any runs."""
+        """Run prompts to completion; outputs in prompt order. Every prompt is checked before any runs.
+        `ttft_ms`, `tpot_ms`: every request's latency SLOs (see `add_request`)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = params if params is not None else SamplingParams()
         params_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} SamplingParams")
-        seqs = [self._new_sequence(p, sp, policy) for p, sp in zip(prompts, params_list)]
+        seqs = [self._new_sequence(p, sp, policy, (), ttft_ms, tpot_ms) for p, sp in zip(prompts, params_list)]
         for seq in seqs:
             self._check_fits(seq)
         for seq in seqs:
@@ -170,44 +190,64 @@ class Engine:
 
     def step(self) -> list[Sequence]:
         """Advance every running request by one speculative step; returns the requests that finished."""
+        start = time.perf_counter()
         decoding = self.scheduler.decoding()
-        budgets = [self._budget(seq, b) for seq, b in zip(decoding, self._policy_budgets(decoding))]
+        budgets, ctx = self._plan(decoding)
         spent = sum(b.max_tokens + 1 for b in budgets)
         prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
         drafts = self._propose(decoding, budgets)
-        logits, verifying = self._score(decoding, drafts, prefills)
+        drafted = time.perf_counter()
+        logits, verifying, verify_shape = self._score(decoding, drafts, prefills)
         num_accepted, emitted = self._verify(verifying, drafts.tokens + [[]] * (len(verifying) - len(decoding)),
                                              drafts, logits)
-        return self._commit(verifying, drafts, num_accepted, emitted)
+        verified = time.perf_counter()
+        finished = self._commit(verifying, drafts, num_accepted, emitted)
+        self.planner.learn(decoding, ctx, drafts.confidences, num_accepted[: len(decoding)], StepTimings(
+            (time.perf_counter() - start) * 1e3, (drafted - start) * 1e3, drafts.forwards,
+            (verified - drafted) * 1e3, verify_shape))
+        return finished
 
-    def _policy_budgets(self, seqs: list[Sequence]) -> list[DraftBudget]:
-        budgets: dict[int, DraftBudget] = {}
-        by_policy: dict[int, list[Sequence]] = {}
-        for seq in seqs:
-            by_policy.setdefault(id(seq.policy), []).append(seq)
-        for group in by_policy.values():
-            budgets.update((s.seq_id, b) for s, b in zip(group, group[0].policy.budgets(group)))
-        return [budgets[s.seq_id] for s in seqs]
+    def _plan(self, decoding: list[Sequence]):
+        """Each decoding request's draft budget from its policy, capped by the room it has left."""
+        budgets, ctx = self.planner.budgets(decoding, self._step_load(decoding))
+        return [self._budget(seq, b) for seq, b in zip(decoding, budgets)], ctx
+
+    def _step_load(self, decoding: list[Sequence]) -> StepLoad:
+        """The step as the policies see it: the decoding batch, and the prompt chunks expected to join it."""
+        blocks = self.target_runner.kv_cache.blocks
+        prefilling = [s for s in self.scheduler.running if s.status is SequenceStatus.PREFILLING]
+        prompt_tokens = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in prefilling)
+        prompt_tokens = min(prompt_tokens, max(0, self.scheduler.max_num_batched_tokens - len(decoding)))
+        contexts = [len(s.token_ids) for s in decoding]
+        now = time.perf_counter()
+        waiting_ttft = [(s.request_state.ttft_slo_s - (now - s.stats.arrival_time)) * 1e3
+                        for s in [*prefilling, *self.scheduler.waiting] if s.request_state.ttft_slo_s is not None]
+        return StepLoad(batch=len(decoding) + len(prefilling), other_tokens=prompt_tokens,
+                        context=sum(contexts) / len(contexts) if contexts else 0.0,
+                        overhead_ms=self.planner.overhead_ms,
+                        step_cap_ms=max(min(waiting_ttft, default=math.inf), 0.0))
 
     def _budget(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         """Cap k_i so that drafts never run past max_tokens or the context window."""
+        if not seq.policy.uses_draft:
+            return NO_DRAFTS
         room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq.token_ids)) - 1
-        k = max(0, min(budget.max_tokens, self.max_spec_len, room)) if seq.policy.uses_draft else 0
-        return DraftBudget(k, budget.min_confidence)
+        return budget.capped(min(self.max_spec_len, room))
 
     def _propose(self, decoding: list[Sequence], budgets: list[DraftBudget]) -> Drafts:
-        if self.drafter is None:
+        if self.drafter is None or not any(b.max_tokens for b in budgets):
             return no_drafts(len(decoding), min(SPARSE_K, self.target.vocab_size), self.device)
         uses = [i for i, s in enumerate(decoding) if s.policy.uses_draft]
         proposed = self.drafter.propose([decoding[i] for i in uses], [budgets[i] for i in uses])
         drafts = self.drafter.empty(len(decoding))
-        drafts.topk_ids, drafts.topk_probs = proposed.topk_ids, proposed.topk_probs
+        drafts.topk_ids, drafts.topk_probs, drafts.forwards = proposed.topk_ids, proposed.topk_probs, proposed.forwards
         for j, i in enumerate(uses):  # `uses` is increasing, so the sparse rows stay in request order
             drafts.tokens[i], drafts.confidences[i] = proposed.tokens[j], proposed.confidences[j]
         return drafts
 
     def _score(self, decoding: list[Sequence], drafts: Drafts, prefills: list[tuple[Sequence, int]]):
-        """One target forward. Returns (logits [rows, vocab], the requests being verified in row order)."""
+        """One target forward. Returns (logits [rows, vocab], the requests being verified in row order, the
+        forward's shape (sequences, tokens, mean context) or None without one)."""
         blocks = self.target_runner.kv_cache.blocks
         items, verifying = [], list(decoding)
         for seq, draft in zip(decoding, drafts.tokens):
@@ -220,8 +260,10 @@ class Engine:
             if completes:
                 verifying.append(seq)
         if not items:
-            return torch.zeros(0, self.target.vocab_size), verifying
-        return self.target_runner.forward(items), verifying
+            return torch.zeros(0, self.target.vocab_size), verifying, None
+        logits = self.target_runner.forward(items)
+        contexts = [blocks.num_tokens(item.seq_id) for item in items]
+        return logits, verifying, (len(items), sum(len(item.token_ids) for item in items), sum(contexts) / len(contexts))
 
     def _verify(self, seqs: list[Sequence], draft_tokens: list[list[int]], drafts: Drafts, logits: torch.Tensor):
         if not seqs:
@@ -300,10 +342,14 @@ class Engine:
     # ---- setup and checks -----------------------------------------------------------------------
 
     def _new_sequence(self, prompt: Prompt, params: SamplingParams, policy: str | Policy,
-                      resume_output: Seq[int] = ()) -> Sequence:
+                      resume_output: Seq[int] = (), ttft_ms: float | None = None,
+                      tpot_ms: float | None = None) -> Sequence:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        policy = make_policy(policy, self.max_spec_len)
+        for name, value in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+        policy = self.planner.policy(policy)
         if policy.uses_draft and self.drafter is None and not self.external_drafts:
             raise ValueError(f"policy '{policy}' needs a draft model; this engine has none (use 'none')")
         if isinstance(prompt, str):
@@ -322,6 +368,8 @@ class Engine:
             )
         seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
         seq = Sequence(next(self._ids), prompt_ids, params, seed, policy)
+        seq.request_state.ttft_slo_s = None if ttft_ms is None else ttft_ms / 1e3
+        seq.request_state.tpot_slo_s = None if tpot_ms is None else tpot_ms / 1e3
         if params.stop:
             seq.output_text = IncrementalDetokenizer(self.tokenizer)
         if resume_output:
@@ -367,6 +415,21 @@ class Engine:
             for m, size in zip(models, per_token)
         ]
         return caches[0], caches[1] if len(caches) > 1 else None
+
+    def measure_profile(self, grid: latency_probe.ProbeGrid = latency_probe.QUICK,
+                        progress=lambda n: None) -> LatencyProfile:
+        """Time target and draft forwards of the grid's shapes on this machine (the caches must be idle enough
+        to hold the scratch sequences; shapes that do not fit are skipped)."""
+        length = self.max_model_len
+        verify = latency_probe.probe(self.target_runner, grid.shapes(grid.verify_tokens, length), grid.repeats,
+                                     logits_per_token=True, progress=progress)
+        draft = [] if self.drafter is None else latency_probe.probe(
+            self.drafter.runner, grid.shapes(grid.draft_tokens, length), grid.repeats, logits_per_token=False,
+            progress=progress)
+        return LatencyProfile.from_samples(verify, draft, {
+            "device": str(self.device), "dtype": str(self.target.dtype).removeprefix("torch."),
+            "target": self.target.path, "draft": self.draft.path if self.draft else None,
+            "grid": "quick" if grid is latency_probe.QUICK else "full"})
 
     def kv_usage(self) -> dict:
         """Free and total blocks of each cache (what a health endpoint or a test reads)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.sampling_params import SamplingParams
+from adaspec.speculation.step_state import RequestState
 
 
 def check_token_ids(token_ids: list[int], vocab_size: int, what: str) -> None:
@@ -76,6 +77,8 @@ class Sequence:
         self.stop_scan_from = 0  # output text before this was already searched for stop strings
         self.output_text: IncrementalDetokenizer | None = None  # kept only when stop strings are watched
         self.stats = RequestStats()
+        # what the speculation policies see of it (the engine keeps it up to date at each step)
+        self.request_state = RequestState(len(prompt_ids), 0, params.max_tokens, params.greedy)
 
     @property
     def output_ids(self) -> list[int]:

@@ -10,8 +10,9 @@ their drafts sit the step out.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,8 +20,11 @@ from adaspec.engine.drafter import Drafts
 from adaspec.engine.engine import Engine, Prompt
 from adaspec.engine.model_loader import BUNDLED_TARGET
 from adaspec.engine.sequence import Sequence, SequenceStatus
-from adaspec.policy import DraftBudget, Policy
+from adaspec.engine.step_planner import StepTimings
 from adaspec.sampling_params import SamplingParams
+from adaspec.speculation.draft_budget import DraftBudget
+from adaspec.speculation.policies import Policy
+from adaspec.speculation.step_state import StepLoad
 
 
 class ExternalDrafts(Policy):
@@ -28,7 +32,7 @@ class ExternalDrafts(Policy):
 
     name = "external"
 
-    def budgets(self, seqs: list) -> list[DraftBudget]:
+    def budgets(self, requests, ctx) -> list[DraftBudget]:
         raise NotImplementedError("the coordinator's policy chooses k; the verify engine only verifies")
 
 
@@ -37,6 +41,7 @@ class Proposal:
     token_ids: list[int]  # [k] draft tokens
     topk_ids: torch.Tensor  # [k, K] int64, the support of the draft's sparse q
     topk_probs: torch.Tensor  # [k, K] float32, sparse q (rows sum to 1)
+    confidences: list[float] = field(default_factory=list)  # [k] the draft's confidence in each token (calibration)
 
 
 @dataclass
@@ -104,17 +109,23 @@ class VerifyEngine(Engine):
             or bool(self.scheduler.waiting)
 
     def step(self) -> list[StepResult]:
-        """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved."""
+        """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved.
+        Calibrates the acceptance model on the drafts' confidences and refines the latency model."""
+        start = time.perf_counter()
         ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]
         proposals = [self._next_proposal(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
         prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
         drafts = self._stack(proposals)
         before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
-        logits, verifying = self._score(ready, drafts, prefills)
+        logits, verifying, shape = self._score(ready, drafts, prefills)
         draft_tokens = drafts.tokens + [[]] * (len(verifying) - len(ready))
         num_accepted, emitted = self._verify(verifying, draft_tokens, drafts, logits)
+        verify_ms = (time.perf_counter() - start) * 1e3
         self._commit(verifying, drafts, num_accepted, emitted)
+        ctx = self.planner.context(StepLoad(batch=len(verifying)), measure=False)
+        self.planner.learn(ready, ctx, [p.confidences[: len(p.token_ids)] for p in proposals],
+                           num_accepted[: len(ready)], StepTimings(verify_ms, 0.0, [], verify_ms, shape))
         return [
             StepResult(s.seq_id, s.token_ids[before[s.seq_id] :], num_accepted[i], s.finish_reason,
                        0 if s.finished else self.max_draft_tokens(s.seq_id), s.stop_text_index)

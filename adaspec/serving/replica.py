@@ -29,6 +29,8 @@ def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: s
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--kv-cache-mb", type=int, help="KV cache budget in MiB")
     parser.add_argument("--max-spec-len", type=int, default=8)
+    parser.add_argument("--profile", help="latency profile written by `adaspec profile` (default: a quick one is "
+                                          "measured at start); refined from every step and published with the load")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--engine-core", choices=["auto", "process", "thread"], default="auto",
                         help="where the engine steps: a process of its own, or a thread of the service (whose "

@@ -41,7 +41,7 @@ class DraftTokens(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., sparse_k: _Optional[int] = ..., topk_ids: _Optional[_Iterable[int]] = ..., topk_probs: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReplicaLoad(_message.Message):
-    __slots__ = ("replica_id", "kind", "pool", "address", "sessions", "waiting", "queued_tokens", "free_kv_blocks", "total_kv_blocks", "max_sessions", "step_latency_ms", "acceptance_rate", "tokens_per_step", "updated_at")
+    __slots__ = ("replica_id", "kind", "pool", "address", "sessions", "waiting", "queued_tokens", "free_kv_blocks", "total_kv_blocks", "max_sessions", "step_latency_ms", "acceptance_rate", "tokens_per_step", "updated_at", "latency_coef", "acceptance_counts", "mean_context", "step_tokens", "step_batch")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,11 @@ class ReplicaLoad(_message.Message):
     ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COEF_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    STEP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEP_BATCH_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     kind: str
     pool: str
@@ -70,7 +75,24 @@ class ReplicaLoad(_message.Message):
     acceptance_rate: float
     tokens_per_step: float
     updated_at: float
-    def __init__(self, replica_id: _Optional[str] = ..., kind: _Optional[str] = ..., pool: _Optional[str] = ..., address: _Optional[str] = ..., sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_kv_blocks: _Optional[int] = ..., total_kv_blocks: _Optional[int] = ..., max_sessions: _Optional[int] = ..., step_latency_ms: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_step: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    latency_coef: _containers.RepeatedScalarFieldContainer[float]
+    acceptance_counts: _containers.RepeatedScalarFieldContainer[float]
+    mean_context: float
+    step_tokens: float
+    step_batch: float
+    def __init__(self, replica_id: _Optional[str] = ..., kind: _Optional[str] = ..., pool: _Optional[str] = ..., address: _Optional[str] = ..., sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_kv_blocks: _Optional[int] = ..., total_kv_blocks: _Optional[int] = ..., max_sessions: _Optional[int] = ..., step_latency_ms: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_step: _Optional[float] = ..., updated_at: _Optional[float] = ..., latency_coef: _Optional[_Iterable[float]] = ..., acceptance_counts: _Optional[_Iterable[float]] = ..., mean_context: _Optional[float] = ..., step_tokens: _Optional[float] = ..., step_batch: _Optional[float] = ...) -> None: ...
+
+class BatchGoodputRule(_message.Message):
+    __slots__ = ("base_ms", "draft_ms", "token_ms", "hop_ms")
+    BASE_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    HOP_MS_FIELD_NUMBER: _ClassVar[int]
+    base_ms: float
+    draft_ms: float
+    token_ms: float
+    hop_ms: float
+    def __init__(self, base_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., token_ms: _Optional[float] = ..., hop_ms: _Optional[float] = ...) -> None: ...
 
 class GetLoadRequest(_message.Message):
     __slots__ = ()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from adaspec.v1 import common_pb2 as adaspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x64\x61spec/v1/draft.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"s\n\tDraftOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x06params\x18\x03 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"f\n\tDraftStep\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x18\n\x10max_draft_tokens\x18\x03 \x01(\x05\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\"y\n\x0c\x44raftRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.adaspec.v1.DraftOpenH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.adaspec.v1.DraftStepH\x00\x12\x13\n\x0btraceparent\x18\x0f \x01(\tB\x06\n\x04kind\"[\n\rDraftResponse\x12\'\n\x06\x64rafts\x18\x01 \x01(\x0b\x32\x17.adaspec.v1.DraftTokens\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x0f\n\x07step_ms\x18\x03 \x01(\x01\x32\xc7\x01\n\x05\x44raft\x12\x42\n\x07Session\x12\x18.adaspec.v1.DraftRequest\x1a\x19.adaspec.v1.DraftResponse(\x01\x30\x01\x12:\n\x04Link\x12\x16.adaspec.v1.LinkFrames\x1a\x16.adaspec.v1.LinkFrames(\x01\x30\x01\x12>\n\x07GetLoad\x12\x1a.adaspec.v1.GetLoadRequest\x1a\x17.adaspec.v1.ReplicaLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x64\x61spec/v1/draft.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"s\n\tDraftOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x06params\x18\x03 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xcb\x01\n\tDraftStep\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x18\n\x10max_draft_tokens\x18\x03 \x01(\x05\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\x12\x17\n\x0fmin_accept_prob\x18\x05 \x01(\x02\x12\x18\n\x10\x61\x63\x63\x65ptance_curve\x18\x06 \x03(\x02\x12\x30\n\nbatch_rule\x18\x07 \x01(\x0b\x32\x1c.adaspec.v1.BatchGoodputRule\"y\n\x0c\x44raftRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.adaspec.v1.DraftOpenH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.adaspec.v1.DraftStepH\x00\x12\x13\n\x0btraceparent\x18\x0f \x01(\tB\x06\n\x04kind\"[\n\rDraftResponse\x12\'\n\x06\x64rafts\x18\x01 \x01(\x0b\x32\x17.adaspec.v1.DraftTokens\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x0f\n\x07step_ms\x18\x03 \x01(\x01\x32\xc7\x01\n\x05\x44raft\x12\x42\n\x07Session\x12\x18.adaspec.v1.DraftRequest\x1a\x19.adaspec.v1.DraftResponse(\x01\x30\x01\x12:\n\x04Link\x12\x16.adaspec.v1.LinkFrames\x1a\x16.adaspec.v1.LinkFrames(\x01\x30\x01\x12>\n\x07GetLoad\x12\x1a.adaspec.v1.GetLoadRequest\x1a\x17.adaspec.v1.ReplicaLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DRAFTOPEN']._serialized_start=63
   _globals['_DRAFTOPEN']._serialized_end=178
-  _globals['_DRAFTSTEP']._serialized_start=180
-  _globals['_DRAFTSTEP']._serialized_end=282
-  _globals['_DRAFTREQUEST']._serialized_start=284
-  _globals['_DRAFTREQUEST']._serialized_end=405
-  _globals['_DRAFTRESPONSE']._serialized_start=407
-  _globals['_DRAFTRESPONSE']._serialized_end=498
-  _globals['_DRAFT']._serialized_start=501
-  _globals['_DRAFT']._serialized_end=700
+  _globals['_DRAFTSTEP']._serialized_start=181
+  _globals['_DRAFTSTEP']._serialized_end=384
+  _globals['_DRAFTREQUEST']._serialized_start=386
+  _globals['_DRAFTREQUEST']._serialized_end=507
+  _globals['_DRAFTRESPONSE']._serialized_start=509
+  _globals['_DRAFTRESPONSE']._serialized_end=600
+  _globals['_DRAFT']._serialized_start=603
+  _globals['_DRAFT']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

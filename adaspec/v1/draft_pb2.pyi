@@ -20,16 +20,22 @@ class DraftOpen(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class DraftStep(_message.Message):
-    __slots__ = ("num_accepted", "token_ids", "max_draft_tokens", "min_confidence")
+    __slots__ = ("num_accepted", "token_ids", "max_draft_tokens", "min_confidence", "min_accept_prob", "acceptance_curve", "batch_rule")
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_ACCEPT_PROB_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_CURVE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_RULE_FIELD_NUMBER: _ClassVar[int]
     num_accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     max_draft_tokens: int
     min_confidence: float
-    def __init__(self, num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., max_draft_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+    min_accept_prob: float
+    acceptance_curve: _containers.RepeatedScalarFieldContainer[float]
+    batch_rule: _common_pb2.BatchGoodputRule
+    def __init__(self, num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., max_draft_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., min_accept_prob: _Optional[float] = ..., acceptance_curve: _Optional[_Iterable[float]] = ..., batch_rule: _Optional[_Union[_common_pb2.BatchGoodputRule, _Mapping]] = ...) -> None: ...
 
 class DraftRequest(_message.Message):
     __slots__ = ("open", "step", "traceparent")

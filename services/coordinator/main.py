@@ -9,9 +9,14 @@ import logging
 from adaspec.loadstore import InProcessLoadStore, open_load_store, redact
 from adaspec.serving.logs import configure_logging
 from adaspec.serving.server import ServiceHost
+from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 from adaspec.v1 import coordinator_pb2_grpc
 from services.coordinator.load_poller import LoadPoller
+from services.coordinator.load_view import LoadView
 from services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
+
+# Interactive serving defaults (those of the demo; the AdaSpec paper fixes 40 ms): requests may name their own.
+DEFAULT_TTFT_MS, DEFAULT_TPOT_MS = 1000.0, 50.0
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +27,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", help="Redis URL of the shared load store (default: in-process, polling replicas)")
     parser.add_argument("--verify", default="", help="verify replica addresses, comma-separated (polled without Redis)")
     parser.add_argument("--draft", default="", help="draft replica addresses, comma-separated (polled without Redis)")
-    parser.add_argument("--policy", default="fixed:4", help="default policy: none | fixed:K")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"default policy, for requests that name none: {' | '.join(POLICY_NAMES)}")
     parser.add_argument("--max-spec-len", type=int, default=8)
+    parser.add_argument("--default-ttft-ms", type=float, default=DEFAULT_TTFT_MS,
+                        help="TTFT SLO of requests that name none (0: none)")
+    parser.add_argument("--default-tpot-ms", type=float, default=DEFAULT_TPOT_MS,
+                        help="TPOT SLO of requests that name none (0: none)")
+    parser.add_argument("--view-s", type=float, default=0.25, help="how often the replicas' load is read")
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--ttl-s", type=float, default=3.0)
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
@@ -45,8 +56,10 @@ async def _serve(args) -> None:
     if isinstance(store, InProcessLoadStore):
         poller = LoadPoller(store, channels, split(args.verify), split(args.draft), args.poll_s, args.ttl_s)
         await poller.start()
-    service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, args.policy,
-                                 args.max_spec_len)
+    view = LoadView(store, args.view_s)
+    await view.start()
+    service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, view, args.policy,
+                                 args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None))
     host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
     await host.start()
@@ -54,6 +67,7 @@ async def _serve(args) -> None:
     try:
         await host.run_until_signal(service.drain)
     finally:
+        await view.stop()
         if poller is not None:
             await poller.stop()
         await channels.close()

@@ -1,8 +1,10 @@
 """One request's life in the coordinator, step by step:
 
-    open     lease a verify replica, open its session: prefill, the first token (another replica if it fails)
-    propose  ask the draft session to commit what was accepted and draft k tokens (the policy's budget),
-             before the client is written to, so the draft works meanwhile
+    open     lease the verify replica that best meets the request's SLOs, open its session: prefill, the
+             first token (another replica if it fails)
+    propose  the request's policy gives this step's draft budget (`services.coordinator.speculation`); if it
+             allows drafts, ask the draft session to commit what was accepted and draft within it, before the
+             client is written to, so the draft works meanwhile; at k = 0 the draft is not asked at all
     verify   the verify session checks them: accepted drafts, then the target's own token
     stream   yield the committed tokens and text to the client
     close    half-close both sessions (cancel them on error), release both leases
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -28,11 +31,13 @@ from grpc_status import rpc_status
 
 from adaspec.errors import rich_status, rich_status_of
 from adaspec.loadstore import ReplicaLoad
-from adaspec.policy import Policy
 from adaspec.sampling_params import SamplingParams
 from adaspec.serving.convert import params_to_proto
+from adaspec.speculation.policies import Policy
+from adaspec.speculation.step_state import RequestState
 from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
-from services.coordinator.router import NoCapacity, NoReplica, Router
+from services.coordinator.router import NoCapacity, NoReplica, RouteRequest, Router
+from services.coordinator.speculation import RequestSpeculation, Steps
 
 log = logging.getLogger(__name__)
 # Sessions run on the replica's link (one stream per coordinator and replica): (method, serialize, parse)
@@ -56,7 +61,7 @@ class RequestSpec:
     request_id: str
     prompt: str | list[int]
     params: SamplingParams  # seed resolved: draft and verify sessions share it
-    policy: Policy
+    policy: Policy  # the coordinator's instance for the request's policy string
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     traceparent: str = ""
@@ -116,30 +121,41 @@ class Session:
 
 
 class RequestRun:
-    def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int):
+    def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int, steps: Steps):
         self.spec, self.router, self.channels, self.max_spec_len = spec, router, channels, max_spec_len
         self.counters = Counters()
         self.verify: Session | None = None
         self.draft: Session | None = None
         self.failed_verify: set[str] = set()  # verify replicas that failed or refused this request
+        p = spec.params
+        state = RequestState(context_tokens=0, output_tokens=0, remaining_tokens=p.max_tokens, greedy=p.greedy,
+                             ttft_slo_s=None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3,
+                             tpot_slo_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
+        self.speculation = RequestSpeculation(steps, spec.policy, state, p.max_tokens)
+        self.asked_draft = False  # the draft session was asked for this step's drafts
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
         ok = False
         try:
             reply = await self.open_verify()
             self.counters.prompt_token_ids = list(reply.prompt_token_ids)
+            self.speculation.state.context_tokens = len(reply.prompt_token_ids)
+            self.speculation.committed(list(reply.token_ids), 0, [])
             yield self.stream(reply)
             if self.spec.policy.uses_draft and not reply.finish_reason:
                 await self.open_draft(self.counters.prompt_token_ids)
                 await self.propose(reply)
             while not reply.finish_reason:
-                reply = await self.verify_step(await self.drafts())
+                drafts = await self.drafts()
+                reply, tested = await self.verify_step(drafts)
+                self.speculation.committed(list(reply.token_ids), reply.num_accepted, tested)
                 message = self.stream(reply)
                 if not reply.finish_reason:
                     await self.propose(reply)  # before the client write: the draft works meanwhile
                 yield message
             ok = True
         finally:  # concurrently: a cancel landing in one close must not skip the other
+            self.speculation.close()
             await asyncio.gather(*(s.close(ok) for s in (self.draft, self.verify) if s is not None))
 
     # ---- steps ----------------------------------------------------------------------------------
@@ -162,6 +178,7 @@ class RequestRun:
             open_message.open.prompt_token_ids[:] = spec.prompt
         while True:
             self.verify = await self._open("verify", tried)
+            self.speculation.on_verify(self.verify.replica.replica_id)
             try:
                 return await self.verify.exchange(open_message)
             except grpc.aio.AioRpcError as error:
@@ -180,6 +197,7 @@ class RequestRun:
         spec = self.spec
         try:
             self.draft = await self._open("draft", set())
+            self.speculation.draft_id = self.draft.replica.replica_id
             await self.draft.call.write(draft_pb2.DraftRequest(
                 open=draft_pb2.DraftOpen(request_id=spec.request_id, prompt_token_ids=prompt_token_ids,
                                          params=params_to_proto(spec.params), seed=spec.params.seed),
@@ -189,22 +207,32 @@ class RequestRun:
             await self._drop_draft(error)
 
     async def propose(self, reply: verify_pb2.VerifyResponse) -> None:
-        """Ask the draft to commit the verify pool's tokens and draft up to the policy's k (capped by the room
-        left); `drafts()` reads them."""
+        """The policy's budget for the next step (capped by the room left); unless it is 0, ask the draft to
+        commit what it has not seen and draft within it; `drafts()` reads them."""
+        self.asked_draft = False
         if self.draft is None:
             return
-        budget = self.spec.policy.budgets([self])[0]
-        step = draft_pb2.DraftStep(num_accepted=reply.num_accepted, token_ids=reply.token_ids,
-                                   max_draft_tokens=min(budget.max_tokens, reply.max_draft_tokens, self.max_spec_len),
-                                   min_confidence=budget.min_confidence)
+        budget = self.speculation.budget(min(reply.max_draft_tokens, self.max_spec_len))
+        if not budget.max_tokens:
+            return  # k = 0: the draft is not asked; it catches up when it next drafts
+        catch_up = self.speculation.take_catch_up()
+        step = draft_pb2.DraftStep(num_accepted=catch_up.num_accepted, token_ids=catch_up.token_ids,
+                                   max_draft_tokens=budget.max_tokens, min_confidence=budget.min_confidence,
+                                   min_accept_prob=budget.min_accept_prob,
+                                   acceptance_curve=self.speculation.curve_update(budget))
+        if budget.batch_rule is not None:
+            rule = budget.batch_rule
+            step.batch_rule.CopyFrom(common_pb2.BatchGoodputRule(base_ms=rule.base_ms, draft_ms=rule.draft_ms,
+                                                                 token_ms=rule.token_ms, hop_ms=rule.hop_ms))
         try:
             await self.draft.call.write(draft_pb2.DraftRequest(step=step, traceparent=self.spec.traceparent))
+            self.asked_draft = True
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
 
     async def drafts(self) -> common_pb2.DraftTokens:
-        """The drafts asked for by `propose` (none without a draft session, or when it just failed)."""
-        if self.draft is None:
+        """The drafts asked for by `propose` (none at k = 0, without a draft session, or when it just failed)."""
+        if self.draft is None or not self.asked_draft:
             return common_pb2.DraftTokens()
         try:
             return (await self.draft.receive()).drafts
@@ -212,7 +240,9 @@ class RequestRun:
             await self._drop_draft(error)
             return common_pb2.DraftTokens()
 
-    async def verify_step(self, drafts: common_pb2.DraftTokens) -> verify_pb2.VerifyResponse:
+    async def verify_step(self, drafts: common_pb2.DraftTokens) -> tuple[verify_pb2.VerifyResponse, list[float]]:
+        """The verify reply, and the confidences of the drafts it tested (none when the step was lost and the
+        request resumed on another replica)."""
         message = verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent)
         try:
             # Without a draft session every step is the same empty one: keep the next one in flight.
@@ -223,12 +253,12 @@ class RequestRun:
                 self.router.mark_failed(replica)
             if error.code() is not grpc.StatusCode.UNAVAILABLE:
                 raise RequestFailed(downstream_status(error, replica, self.counters.output_tokens)) from error
-            return await self.resume_verify(error)
+            return await self.resume_verify(error), []
         c = self.counters
         c.steps += 1
         c.draft_tokens += len(drafts.token_ids)
         c.accepted_tokens += reply.num_accepted
-        return reply
+        return reply, list(drafts.confidences)
 
     async def resume_verify(self, failure: grpc.aio.AioRpcError) -> verify_pb2.VerifyResponse:
         """The verify replica became unavailable mid-request: reopen on another with the committed tokens.
@@ -236,6 +266,7 @@ class RequestRun:
         failed = self.verify.replica
         await self.verify.close(ok=False)
         self.verify = None
+        self.speculation.on_verify(None)
         self.failed_verify.add(failed.replica_id)
         log.warning("verify replica failed mid-request; resuming on another",
                     extra={"request_id": self.spec.request_id, "replica": failed.replica_id,
@@ -265,8 +296,13 @@ class RequestRun:
     # ---- helpers --------------------------------------------------------------------------------
 
     async def _open(self, kind: str, exclude: set[str]) -> Session:
+        spec = self.spec
+        lease_id = f"{spec.request_id}/{uuid.uuid4().hex[:12]}"  # a session's own: request ids are the caller's
+        prompt_tokens = len(spec.prompt) // 4 + 1 if isinstance(spec.prompt, str) else len(spec.prompt)
+        route = RouteRequest(prompt_tokens + self.counters.output_tokens, spec.params.greedy, spec.slo_ttft_ms,
+                             spec.slo_tpot_ms)
         try:
-            replica = await self.router.acquire(kind, self.spec.request_id, exclude)
+            replica = await self.router.acquire(kind, lease_id, exclude, route)
         except NoReplica as error:
             raise RequestFailed(rich_status(grpc.StatusCode.UNAVAILABLE, str(error), retry_after_s=1.0)) from error
         except NoCapacity as error:
@@ -274,7 +310,7 @@ class RequestRun:
                                             retry_after_s=0.5)) from error
         timeout = None if self.spec.deadline is None else max(0.0, self.spec.deadline - time.monotonic())
         call = self.channels.links.open(replica.address, *SESSION_LINKS[kind], timeout=timeout)
-        return Session(call, replica, self.spec.request_id, self.router)
+        return Session(call, replica, lease_id, self.router)
 
     async def _drop_draft(self, error: Exception) -> None:
         rpc = isinstance(error, grpc.aio.AioRpcError)
@@ -286,6 +322,7 @@ class RequestRun:
                 self.router.mark_failed(self.draft.replica)
             await self.draft.close(ok=False)
         self.draft = None
+        self.speculation.draft_id = None
 
     def stats(self) -> coordinator_pb2.RequestStats:
         c, spec = self.counters, self.spec

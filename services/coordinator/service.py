@@ -17,14 +17,15 @@ import grpc
 
 from adaspec.errors import abort, invalid_argument_from
 from adaspec.loadstore import LoadStore
-from adaspec.policy import make_policy
 from adaspec.sampling_params import MAX_SEED
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.link_client import Links
 from adaspec.serving.server import CHANNEL_OPTIONS
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.coordinator.load_view import LoadView
 from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
 from services.coordinator.router import Router
+from services.coordinator.speculation import Steps
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_PROMPT_CHARS = 4 * 2**20
@@ -50,12 +51,18 @@ class Channels:
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, store: LoadStore, store_name: str, channels: Channels, default_policy: str = "fixed:4",
-                 max_spec_len: int = 8):
-        make_policy(default_policy, max_spec_len)  # fail at start-up, not on the first request
-        self.store, self.store_name, self.channels = store, store_name, channels
-        self.router = Router(store)
+    """`view` must be started (`LoadView.start`) before requests arrive. `default_slo_ms`: (TTFT, TPOT) for
+    requests that name none (None: no SLO)."""
+
+    def __init__(self, store: LoadStore, store_name: str, channels: Channels, view: LoadView,
+                 default_policy: str = "adaspec", max_spec_len: int = 8,
+                 default_slo_ms: tuple[float | None, float | None] = (None, None)):
+        self.store, self.store_name, self.channels, self.view = store, store_name, channels, view
+        self.steps = Steps(view, max_spec_len)
+        self.steps.policy(default_policy)  # fail at start-up, not on the first request
+        self.router = Router(store, view, max_spec_len)
         self.default_policy, self.max_spec_len = default_policy, max_spec_len
+        self.default_ttft_ms, self.default_tpot_ms = default_slo_ms
         self.in_flight = 0
         self._seeds = random.Random()
 
@@ -65,8 +72,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             # aclosing: however this call ends (a cancel lands while a response is being written, not in
             # the run), the run's own cleanup closes both sessions now, not when the generator is collected
-            async with contextlib.aclosing(RequestRun(spec, self.router, self.channels, self.max_spec_len).run()) \
-                    as responses:
+            run = RequestRun(spec, self.router, self.channels, self.max_spec_len, self.steps)
+            async with contextlib.aclosing(run.run()) as responses:
                 async for response in responses:
                     yield response
         except RequestFailed as failure:
@@ -91,7 +98,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if params.seed is None:  # resolved here, so the draft and verify sessions draw from the same stream
             params.seed = self._seeds.randrange(MAX_SEED)
         try:
-            policy = make_policy(request.policy or self.default_policy, self.max_spec_len)
+            policy = self.steps.policy(request.policy or self.default_policy)
         except ValueError as error:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), field="policy")
         slo = request.slo
@@ -105,8 +112,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             prompt=request.prompt or list(request.prompt_token_ids),
             params=params,
             policy=policy,
-            slo_ttft_ms=slo.ttft_ms if slo.HasField("ttft_ms") else None,
-            slo_tpot_ms=slo.tpot_ms if slo.HasField("tpot_ms") else None,
+            slo_ttft_ms=slo.ttft_ms if slo.HasField("ttft_ms") else self.default_ttft_ms,
+            slo_tpot_ms=slo.tpot_ms if slo.HasField("tpot_ms") else self.default_tpot_ms,
             traceparent=request.traceparent,
             deadline=None if remaining is None else time.monotonic() + remaining,
         )

@@ -19,7 +19,8 @@ class DraftTarget:
 
     @classmethod
     def build(cls, **engine_args) -> DraftTarget:
-        """What the engine process runs: `DraftEngine(**engine_args)`."""
+        """What the engine process runs: `DraftEngine(**engine_args)` (which measures a quick latency profile
+        when it is given none)."""
         return cls(DraftEngine(**engine_args))
 
     def info(self) -> dict:
@@ -50,7 +51,9 @@ class DraftTarget:
     def status(self) -> dict:
         free, total = self.engine.kv_usage()
         return {"has_work": bool(self._pending), "free_kv_blocks": free, "total_kv_blocks": total,
-                "queued_tokens": sum(w.budget.max_tokens for w in self._pending.values())}
+                "queued_tokens": sum(w.budget.max_tokens for w in self._pending.values()),
+                "latency_coef": list(self.engine.latency.model.coef), "mean_context": self.engine.mean_context,
+                "step_batch": self.engine.mean_batch}
 
 
 def drafts_to_proto(output: DraftOutput, greedy: bool) -> common_pb2.DraftTokens:

@@ -21,7 +21,7 @@ def build(args, address: str):
     from services.draft.core import DraftTarget
     from services.draft.service import DraftService
 
-    engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len,
+    engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len, profile=args.profile,
                        kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None)
     core = start_engine_core(args, "draft", DraftTarget.build, engine_args)
     return DraftService(core, args.replica_id, address, max_sessions=args.max_sessions)

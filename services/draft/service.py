@@ -20,7 +20,8 @@ from adaspec.engine.draft_engine import DraftWork
 from adaspec.engine.kv_cache import KVCacheExhausted
 from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import ReplicaLoad
-from adaspec.policy import DraftBudget
+from adaspec.speculation.acceptance import NUM_BINS, AcceptanceCurve
+from adaspec.speculation.draft_budget import BatchGoodputRule, DraftBudget
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.engine_core import EngineCore
 from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
@@ -60,12 +61,16 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             except KVCacheExhausted as error:
                 await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
                                                             retry_after_s=0.5))
+            curve = None  # the session's acceptance curve, as last sent
             async for request in request_iterator:
                 if request.WhichOneof("kind") != "step":
                     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "expected a step message", field="step")
                 step = request.step
-                work = DraftWork(seq_id, step.num_accepted, list(step.token_ids),
-                                 DraftBudget(step.max_draft_tokens, step.min_confidence))
+                try:
+                    curve, budget = budget_from_proto(step, curve)
+                except ValueError as error:
+                    await context.abort_with_status(invalid_argument_from(error, "step"))
+                work = DraftWork(seq_id, step.num_accepted, list(step.token_ids), budget)
                 sent = time.perf_counter()
                 try:
                     await self.loop.call(("queue", (work,)), key=seq_id)
@@ -101,5 +106,30 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             replica_id=self.replica_id, kind="draft", pool="draft", address=self.address,
             sessions=self.sessions, queued_tokens=status["queued_tokens"], free_kv_blocks=status["free_kv_blocks"],
             total_kv_blocks=status["total_kv_blocks"], max_sessions=self.max_sessions,
-            step_latency_ms=self.loop.step_latency_ms,
+            step_latency_ms=self.loop.step_latency_ms, latency_coef=status["latency_coef"],
+            mean_context=status["mean_context"], step_batch=status["step_batch"],
         )
+
+
+def budget_from_proto(step: draft_pb2.DraftStep, curve: AcceptanceCurve | None
+                      ) -> tuple[AcceptanceCurve | None, DraftBudget]:
+    """The step's budget, and the session's acceptance curve after it (a step without one keeps the last).
+    Raises ValueError naming the field."""
+    if step.acceptance_curve:
+        if len(step.acceptance_curve) != NUM_BINS or not all(0.0 <= a <= 1.0 for a in step.acceptance_curve):
+            raise ValueError(f"step.acceptance_curve: {NUM_BINS} acceptances in [0, 1] expected")
+        curve = AcceptanceCurve(tuple(step.acceptance_curve))
+    if step.max_draft_tokens < 0:
+        raise ValueError(f"step.max_draft_tokens: must be >= 0, got {step.max_draft_tokens}")
+    if not 0.0 <= step.min_accept_prob <= 1.0:
+        raise ValueError(f"step.min_accept_prob: must be in [0, 1], got {step.min_accept_prob}")
+    if step.min_accept_prob and curve is None:
+        raise ValueError("step.acceptance_curve: min_accept_prob needs an acceptance curve")
+    rule = None
+    if step.HasField("batch_rule"):
+        r = step.batch_rule
+        if not (r.base_ms > 0 and r.draft_ms >= 0 and r.token_ms >= 0 and r.hop_ms >= 0):
+            raise ValueError("step.batch_rule: base_ms must be > 0, draft_ms, token_ms and hop_ms >= 0")
+        rule = BatchGoodputRule(r.base_ms, r.draft_ms, r.token_ms, r.hop_ms)
+    return curve, DraftBudget(step.max_draft_tokens, step.min_confidence, step.min_accept_prob,
+                              curve if step.min_accept_prob else None, rule)

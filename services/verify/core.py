@@ -30,8 +30,13 @@ class OpenedSession:
 
 
 class VerifyTarget:
+    """`engine`'s latency profile is the one it was given (`profile=`, a file from `adaspec profile`), or the
+    quick grid measured now: the replica publishes it with its load."""
+
     def __init__(self, engine: VerifyEngine):
         self.engine = engine
+        if engine.planner.verify_latency is None:
+            engine.planner.use_profile(engine.measure_profile())
 
     @classmethod
     def build(cls, **engine_args) -> VerifyTarget:
@@ -59,11 +64,14 @@ class VerifyTarget:
 
     def status(self) -> dict:
         scheduler, blocks = self.engine.scheduler, self.engine.target_runner.kv_cache.blocks
+        planner = self.engine.planner
         pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
                              if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
         return {"has_work": self.engine.has_ready_work(), "waiting": len(scheduler.waiting),
                 "queued_tokens": pending_prompt, "free_kv_blocks": blocks.num_free_blocks,
-                "total_kv_blocks": blocks.num_blocks}
+                "total_kv_blocks": blocks.num_blocks, "latency_coef": list(planner.verify_latency.model.coef),
+                "acceptance_counts": planner.calibrator.to_list(), "mean_context": planner.mean_context,
+                "step_tokens": planner.mean_tokens, "step_batch": planner.mean_batch}
 
 
 def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
@@ -80,4 +88,5 @@ def proposal_from_proto(msg: common_pb2.DraftTokens) -> Proposal:
         # list() first: torch.tensor reads a protobuf repeated field element by element, several times slower
         topk_ids=torch.tensor(list(msg.topk_ids), dtype=torch.long).view(k, width),  # [k, K]
         topk_probs=torch.tensor(list(msg.topk_probs), dtype=torch.float32).view(k, width),  # [k, K]
+        confidences=list(msg.confidences),
     )

@@ -175,5 +175,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             sessions=self.sessions, free_kv_blocks=status["free_kv_blocks"], total_kv_blocks=status["total_kv_blocks"],
             max_sessions=self.max_sessions, step_latency_ms=self.loop.step_latency_ms,
             acceptance_rate=self.acceptance.value, tokens_per_step=self.tokens_per_step.value,
-            waiting=status["waiting"], queued_tokens=status["queued_tokens"],
+            waiting=status["waiting"], queued_tokens=status["queued_tokens"], latency_coef=status["latency_coef"],
+            acceptance_counts=status["acceptance_counts"], mean_context=status["mean_context"],
+            step_tokens=status["step_tokens"], step_batch=status["step_batch"],
         )

@@ -1,0 +1,153 @@
+"""The efficiency model: expected tokens, step time, goodput, and the per-request plan that maximises it.
+
+Per request i with k_i drafts whose cumulative acceptance probabilities are P_i1 ≥ P_i2 ≥ …:
+
+    E_i  = 1 + Σ_{j ≤ k_i} P_ij                                   tokens the step commits for i
+    T    = overhead + t_v(b, n_other + Σ_i (k_i + 1), c) + Σ_{j=1..max k} t_d(b_j + b_other, b_j + b_other, c)
+           + [max k > 0]·draft overhead
+           (b_j: requests drafting a j-th token; no draft forward at all when every k_i = 0; the draft overhead
+           is what drafting costs besides the forwards, e.g. the round trip to a draft replica)
+    G    = (Σ_i w_i·E_i + other yield) / T                            weighted goodput
+
+`plan` grows the k_i depth by depth, giving each depth to the requests whose token there is worth most,
+as long as that raises G (a token is worth drafting if it buys more than the step's average). Weights w_i favour
+requests behind their TPOT SLO and discount those comfortably ahead. A token is not added if the step
+would then be longer than what any request's SLO allows it (T / E_m ≤ its allowed time per token, or no
+worse than before where that is already lost), nor past `step_cap_ms`.
+
+The plan also yields what the drafter needs to decide on live confidences: each request's threshold on
+P_j (the cost of its last planned token, its own verification plus its share of the draft forward, in the
+plan's goodput, over its weight) and its cap: the most drafts the SLOs allow, and no deeper than the
+deepest planned depth unless even a certain token would pay for a draft forward of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adaspec.speculation.step_state import StepContext
+
+MIN_WEIGHT, MAX_WEIGHT = 0.5, 2.0
+
+
+def expected_tokens(accept_probs: Sequence[float]) -> float:
+    """E = 1 + Σ_j a_1·…·a_j for per-token acceptances a_j."""
+    total, p = 1.0, 1.0
+    for a in accept_probs:
+        p *= a
+        total += p
+    return total
+
+
+def geometric_curve(rate: float, k: int) -> list[float]:
+    """P_j = rate^j for j = 1..k: the cumulative acceptances of drafts not yet drafted."""
+    return [rate ** j for j in range(1, k + 1)]
+
+
+def slo_weight(pace: float) -> float:
+    """w from a request's pace (running TPOT / SLO): behind weighs more, ahead less, within [0.5, 2]."""
+    return min(MAX_WEIGHT, max(MIN_WEIGHT, pace))
+
+
+def step_time_ms(ctx: StepContext, ks: Sequence[int]) -> float:
+    """T for drafts `ks` of the planned requests (module docstring)."""
+    load = ctx.load
+    t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + sum(ks) + len(ks), load.context)
+    if ctx.draft is not None and max(ks, default=0) > 0:
+        t += load.draft_overhead_ms
+        for depth in range(1, max(ks) + 1):
+            rows = sum(k >= depth for k in ks) + load.draft_batch
+            t += ctx.draft.predict(rows, rows, load.context)
+    return t
+
+
+@dataclass(frozen=True)
+class Plan:
+    ks: list[int]  # planned drafts per request
+    step_ms: float
+    goodput: float  # weighted tokens per ms
+    thresholds: list[float]  # per request: the P_j a live draft must reach to be worth its cost
+    caps: list[int]  # per request: the most drafts the SLOs allow (given the others' plan)
+
+
+def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[float],
+         allowed_ms: Sequence[float], caps: Sequence[int]) -> Plan:
+    """Choose k_i for every request (module docstring). `curves[i]`: P_i1, P_i2, … (at least caps[i] long);
+    `allowed_ms[i]`: the time per token request i may take (inf: no constraint); `caps[i]`: its room.
+
+    Depth by depth: a draft forward costs the same for one row as for several, so each depth is opened for
+    the requests whose next token is worth most, as many as raise the goodput (a prefix of them, best
+    first), or not at all; no deeper depth can pay where this one does not (P only falls with depth)."""
+    n = len(curves)
+    load = ctx.load
+    ks, expected = [0] * n, [1.0] * n
+    step = step_time_ms(ctx, ks)
+    value = sum(w * e for w, e in zip(weights, expected)) + load.other_yield
+    token_ms = ctx.verify.per_token_ms(load.context)
+    share_ms = [token_ms] * n  # the cost of each request's last planned token: its token, its share of the forward
+
+    def forward_ms(rows: int, depth: int) -> float:
+        """A draft forward of `rows` planned requests at `depth` (the first also pays the draft overhead)."""
+        if ctx.draft is None:
+            return 0.0
+        rows += load.draft_batch
+        return ctx.draft.predict(rows, rows, load.context) + (load.draft_overhead_ms if depth == 1 else 0.0)
+
+    def slo_allows(new_step: float, added: set[int], depth: int) -> bool:
+        if new_step > load.step_cap_ms:
+            return False
+        for m in range(n):
+            e_new = expected[m] + (curves[m][depth - 1] if m in added else 0.0)
+            if new_step / e_new > allowed_ms[m] and new_step / e_new > step / expected[m]:
+                return False
+        return True
+
+    for depth in range(1, max(caps, default=0) + 1):
+        candidates = sorted((i for i in range(n) if ks[i] == depth - 1 and caps[i] >= depth),
+                            key=lambda i: -weights[i] * curves[i][depth - 1])
+        best_m, best_goodput, gain = 0, value / step, 0.0
+        for m, i in enumerate(candidates, 1):
+            gain += weights[i] * curves[i][depth - 1]
+            goodput = (value + gain) / (step + m * token_ms + forward_ms(m, depth))
+            if goodput > best_goodput:
+                best_m, best_goodput = m, goodput
+        while best_m and not slo_allows(step + best_m * token_ms + forward_ms(best_m, depth),
+                                        set(candidates[:best_m]), depth):
+            best_m -= 1  # the least valuable request of the depth goes first
+        if not best_m:
+            break
+        chosen = candidates[:best_m]
+        step += best_m * token_ms + forward_ms(best_m, depth)
+        for i in chosen:
+            ks[i] = depth
+            expected[i] += curves[i][depth - 1]
+            value += weights[i] * curves[i][depth - 1]
+            share_ms[i] = token_ms + forward_ms(best_m, depth) / best_m
+    goodput = value / step
+    thresholds = [goodput * share_ms[i] / weights[i] for i in range(n)]
+    # Past the deepest planned depth a draft costs a forward of its own, which the whole step waits for: a
+    # request may go there on live confidence only if a certain token (P = 1) would be worth that.
+    deepest = max(ks, default=0)
+    alone_ms = token_ms + forward_ms(1, deepest + 1)
+    limits = [_slo_cap(ctx, ks, i, caps[i], allowed_ms, expected, step) for i in range(n)]
+    limits = [lim if goodput * alone_ms / weights[i] < 1.0 else min(lim, max(deepest, ks[i]))
+              for i, lim in enumerate(limits)]
+    return Plan(ks, step, goodput, thresholds, limits)
+
+
+def _slo_cap(ctx: StepContext, ks: list[int], i: int, cap: int, allowed_ms: Sequence[float],
+             expected: list[float], step: float) -> int:
+    """The most drafts request i may take, the others keeping their plan, before the step outgrows an SLO
+    of another request (its own gains from them)."""
+    limit = min([ctx.load.step_cap_ms] + [allowed_ms[m] * expected[m] for m in range(len(ks))
+                                          if m != i and step / expected[m] <= allowed_ms[m]])
+    if math.isinf(limit):
+        return cap
+    trial = list(ks)
+    while trial[i] < cap:
+        trial[i] += 1
+        if step_time_ms(ctx, trial) > limit:
+            return trial[i] - 1
+    return cap

@@ -1,0 +1,299 @@
+"""The pure speculation core: latency model, calibration, efficiency model, plans, stop rule, policies, routing."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from adaspec.speculation.acceptance import (
+    RAW,
+    AcceptanceCalibrator,
+    RequestAcceptance,
+    brier_score,
+    expected_calibration_error,
+)
+from adaspec.speculation.draft_budget import DraftBudget, DraftStop
+from adaspec.speculation.efficiency import expected_tokens, geometric_curve, plan, step_time_ms
+from adaspec.speculation.latency_profile import (
+    LatencyModel,
+    LatencyProfile,
+    OnlineLatencyModel,
+    Sample,
+    prediction_error,
+)
+from adaspec.speculation.policies import make_policy
+from adaspec.speculation.policies.adaspec import AdaSpec
+from adaspec.speculation.routing import ReplicaView, predict, rank
+from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
+
+# A machine where a verify forward costs 4 ms + 0.08 ms a token, a draft forward 1.2 ms: speculation pays alone
+# and stops paying as the batch grows.
+VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.02))
+DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.005))
+
+
+def context(batch: int = 1, calibrator: AcceptanceCalibrator | None = None, **load) -> StepContext:
+    return StepContext(StepLoad(batch=batch, context=200, **load), VERIFY, DRAFT, calibrator or AcceptanceCalibrator(), 8)
+
+
+def request(**fields) -> RequestState:
+    base = dict(context_tokens=200, output_tokens=10, remaining_tokens=100, greedy=True)
+    return RequestState(**{**base, **fields})
+
+
+def with_acceptance(rate: float, tokens: int = 200) -> RequestState:
+    r = request()
+    accepted = round(rate * tokens)
+    r.acceptance.accepted, r.acceptance.tested, r.acceptance.expected = accepted, tokens, 0.7 * tokens
+    return r
+
+
+# ---- latency model ------------------------------------------------------------------------------------------
+
+def test_the_fit_recovers_a_linear_machine_and_predicts_held_out_shapes():
+    rng = random.Random(0)
+    shapes = [(b, b * q, c) for b in (1, 2, 4, 8, 16, 32) for q in (1, 3, 5, 9) for c in (32, 256, 1024)]
+    samples = [Sample.forward(b, n, c, VERIFY.predict(b, n, c) * rng.uniform(0.97, 1.03)) for b, n, c in shapes]
+    held_out, train = samples[::5], [s for i, s in enumerate(samples) if i % 5]
+    model = LatencyModel.fit(train)
+    assert all(c >= 0 for c in model.coef)
+    assert model.coef == pytest.approx(VERIFY.coef, rel=0.15)
+    median, p90 = prediction_error(model, held_out)
+    assert median < 3 and p90 < 5
+
+
+def test_the_fit_never_gives_negative_coefficients():
+    """A machine flat in the batch (all the cost per forward): no negative per-sequence cost fitted in."""
+    samples = [Sample.forward(b, b, 100, 10.0 + 0.001 * b) for b in (1, 2, 4, 8, 16)]
+    assert all(c >= 0 for c in LatencyModel.fit(samples).coef)
+
+
+def test_the_online_model_follows_a_machine_that_slowed_down():
+    profiled = [Sample.forward(b, b * 2, 128, VERIFY.predict(b, b * 2, 128)) for b in (1, 2, 4, 8, 16, 32)]
+    online = OnlineLatencyModel(profiled, refit_every=16)
+    assert online.model.predict(8, 16, 128) == pytest.approx(VERIFY.predict(8, 16, 128), rel=0.01)
+    for i in range(64):  # the machine now runs 1.5x slower (another tenant)
+        b = 4 + i % 5
+        online.observe(Sample.forward(b, b * 2, 128, 1.5 * VERIFY.predict(b, b * 2, 128)))
+    assert online.model.predict(6, 12, 128) == pytest.approx(1.5 * VERIFY.predict(6, 12, 128), rel=0.1)
+
+
+def test_a_profile_round_trips_through_its_file(tmp_path):
+    samples = [Sample.forward(b, b, 64, VERIFY.predict(b, b, 64)) for b in (1, 4, 16)]
+    profile = LatencyProfile.from_samples(samples, samples, {"device": "cpu"})
+    profile.save(tmp_path / "p.json")
+    loaded = LatencyProfile.load(tmp_path / "p.json")
+    assert loaded.verify.coef == pytest.approx(profile.verify.coef) and loaded.verify_samples == samples
+    assert loaded.meta == {"device": "cpu"}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an AdaSpec latency profile"):
+        LatencyProfile.load(tmp_path / "bad.json")
+
+
+# ---- acceptance --------------------------------------------------------------------------------------------
+
+def synthetic_steps(rng: random.Random, n: int, truth, k: int = 4):
+    """Steps of k drafts whose j-th is accepted with probability truth(c) given its predecessors were."""
+    for _ in range(n):
+        confidences = [rng.random() for _ in range(k)]
+        accepted = 0
+        while accepted < k and rng.random() < truth(confidences[accepted]):
+            accepted += 1
+        yield confidences, accepted
+
+
+def test_calibration_converges_on_a_synthetic_stream_and_beats_raw_confidence():
+    truth = lambda c: 0.2 + 0.7 * c ** 2  # noqa: E731 - the draft is overconfident in the middle, under at 0
+    rng = random.Random(1)
+    calibrator = AcceptanceCalibrator(decay=1.0)
+    for confidences, accepted in synthetic_steps(rng, 4000, truth):
+        calibrator.observe(confidences, accepted, greedy=True)
+    curve = calibrator.curve(greedy=True)
+    for c in (0.15, 0.35, 0.55, 0.75, 0.95):
+        assert curve(c) == pytest.approx(truth(c), abs=0.05)
+    held_out = [(c, j < a) for cs, a in synthetic_steps(rng, 2000, truth) for j, c in enumerate(cs[: a + 1])]
+    outcomes = [o for _, o in held_out]
+    calibrated, raw = [curve(c) for c, _ in held_out], [RAW(c) for c, _ in held_out]
+    assert expected_calibration_error(calibrated, outcomes) < 0.03 < expected_calibration_error(raw, outcomes)
+    assert brier_score(calibrated, outcomes) < brier_score(raw, outcomes)
+
+
+def test_greedy_and_sampled_are_calibrated_apart_and_shared_counts_merge():
+    rng = random.Random(2)
+    calibrator = AcceptanceCalibrator(decay=1.0)
+    for confidences, accepted in synthetic_steps(rng, 1500, lambda c: 0.9):
+        calibrator.observe(confidences, accepted, greedy=True)
+    for confidences, accepted in synthetic_steps(rng, 1500, lambda c: 0.3):
+        calibrator.observe(confidences, accepted, greedy=False)
+    assert calibrator.mean_acceptance(greedy=True) == pytest.approx(0.9, abs=0.03)
+    assert calibrator.mean_acceptance(greedy=False) == pytest.approx(0.3, abs=0.03)
+    merged = AcceptanceCalibrator.from_lists([calibrator.to_list(), calibrator.to_list(), [1.0, 2.0]])
+    assert merged.mean_acceptance(greedy=True) == pytest.approx(calibrator.mean_acceptance(greedy=True), abs=0.01)
+    assert sum(merged.counts["greedy"].tested) == pytest.approx(2 * sum(calibrator.counts["greedy"].tested))
+
+
+def test_a_request_easier_than_the_average_is_seen_as_such():
+    curve = AcceptanceCalibrator().curve(greedy=True)
+    easy, hard = RequestAcceptance(), RequestAcceptance()
+    rng = random.Random(3)
+    for confidences, accepted in synthetic_steps(rng, 30, lambda c: 0.95):
+        easy.observe(confidences, accepted, curve)
+    for confidences, accepted in synthetic_steps(rng, 30, lambda c: 0.2):
+        hard.observe(confidences, accepted, curve)
+    assert easy.odds_ratio() > 1 > hard.odds_ratio()
+    assert easy.curve(curve)(0.5) > curve(0.5) > hard.curve(curve)(0.5)
+    assert easy.rate(0.6) > 0.85 and hard.rate(0.6) < 0.35
+
+
+# ---- efficiency model ---------------------------------------------------------------------------------------
+
+def test_expected_tokens_and_step_time_follow_the_formulas():
+    assert expected_tokens([0.8, 0.5]) == pytest.approx(1 + 0.8 + 0.4)
+    ctx = context(batch=2)
+    t = VERIFY.predict(2, 3 + 2, 200) + DRAFT.predict(2, 2, 200) + DRAFT.predict(1, 1, 200)
+    assert step_time_ms(ctx, [2, 1]) == pytest.approx(t)
+    assert step_time_ms(ctx, [0, 0]) == pytest.approx(VERIFY.predict(2, 2, 200))  # no draft forward at all
+
+
+def test_k_falls_as_load_rises():
+    ks = []
+    for batch in (1, 4, 16, 64):
+        p = AdaSpec().plan([request() for _ in range(batch)], context(batch))
+        ks.append(max(p.ks))
+    assert ks == sorted(ks, reverse=True) and ks[0] >= 2 and ks[-1] == 0, ks
+
+
+def test_requests_with_different_acceptance_get_different_k_in_one_step():
+    p = AdaSpec().plan([with_acceptance(0.95), with_acceptance(0.3), with_acceptance(0.7)], context(3))
+    assert p.ks[0] >= p.ks[2] >= p.ks[1] and p.ks[0] > p.ks[1], p.ks
+
+
+def test_a_request_behind_its_slo_gets_more_drafts_when_verification_is_compute_bound():
+    """Each verified token costs 0.4 ms: only the requests behind their SLO (20 ms a token against 10) are worth
+    drafts; those comfortably ahead (20 against 200) go without."""
+    behind = [request(tpot_slo_s=0.010, since_first_token_s=0.2, output_tokens=11) for _ in range(8)]
+    ahead = [request(tpot_slo_s=0.200, since_first_token_s=0.2, output_tokens=11) for _ in range(8)]
+    for r in behind + ahead:
+        r.acceptance.accepted, r.acceptance.tested, r.acceptance.expected = 70, 100, 70
+    compute_bound = StepContext(StepLoad(batch=16, context=200), LatencyModel((4.0, 0.05, 0.4, 0.02)), DRAFT,
+                                AcceptanceCalibrator(), 8)
+    p = AdaSpec().plan(behind + ahead, compute_bound)
+    assert behind[0].pace() > 1 > ahead[0].pace()
+    assert min(p.ks[:8]) >= 1 and max(p.ks[8:]) == 0, p.ks
+
+
+def test_a_k_that_would_break_a_requests_slo_is_not_chosen():
+    """Alone, an easy request would draft several tokens; sharing the step with one whose SLO leaves 5 ms per
+    token, it drafts only as far as that SLO allows, and its cap stops it there on live confidence too."""
+    easy = with_acceptance(0.95)
+    alone = AdaSpec().plan([easy], context(1))
+    tight = request(tpot_slo_s=0.0055, since_first_token_s=0.0, output_tokens=1, remaining_tokens=50)
+    shared = AdaSpec().plan([easy, tight], context(2))
+    assert alone.ks[0] >= 3
+    assert shared.step_ms <= 5.5 * (1 + (shared.ks[1] and 0.9))  # the tight request's allowed time per token
+    assert step_time_ms(context(2), [shared.caps[0] + 1, shared.ks[1]]) > tight.allowed_token_ms() * (
+        1 + sum(geometric_curve(0.7, shared.ks[1])))
+    assert shared.ks[0] < alone.ks[0]
+
+
+def test_a_prompt_waiting_for_its_first_token_caps_the_step():
+    free = AdaSpec().plan([with_acceptance(0.95)], context(1))
+    capped = AdaSpec().plan([with_acceptance(0.95)], context(1, step_cap_ms=VERIFY.predict(1, 2, 200) + 1.5))
+    assert capped.step_ms <= VERIFY.predict(1, 2, 200) + 1.5 and capped.ks[0] < free.ks[0]
+
+
+# ---- the drafter's stop rule ----------------------------------------------------------------------------------
+
+def test_the_stop_rule_drafts_while_the_next_token_is_expected_to_clear_the_threshold():
+    stop = DraftStop(DraftBudget(8, min_accept_prob=0.5, curve=RAW))
+    for c in (0.95, 0.9, 0.85):
+        assert stop.going
+        stop.add(c)
+    assert stop.going  # P = 0.95 * 0.9 * 0.85 = 0.73; the next at 0.85 expected: 0.62 >= 0.5
+    stop.add(0.4)  # P = 0.29 below: stop after this one (it is sent: dropping it would bias sampling)
+    assert not stop.going and stop.drafted == 4
+    capped = DraftStop(DraftBudget(2))
+    capped.add(0.1)
+    assert capped.going
+    capped.add(0.1)
+    assert not capped.going
+    threshold = DraftStop(DraftBudget(8, min_confidence=0.5))
+    threshold.add(0.6)
+    assert threshold.going
+    threshold.add(0.4)
+    assert not threshold.going
+
+
+# ---- policies ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, error", [("fixed:9", "fixed:K"), ("fixed:x", "fixed:K"), ("threshold:2", "threshold:C"),
+                                         ("warp", "unknown policy"), ("adaspec:3", "unknown policy")])
+def test_bad_policy_strings_are_refused_naming_the_forms(spec, error):
+    with pytest.raises(ValueError, match=error):
+        make_policy(spec, 8)
+
+
+def test_hf_heuristic_grows_after_full_acceptance_and_shrinks_otherwise():
+    policy, ctx, r = make_policy("hf-heuristic", 8), context(), request()
+    assert policy.budgets([r], ctx)[0].max_tokens == 8  # HF starts at 20, within max_spec_len
+    policy.observe([r], ctx, [8], [3])
+    policy.observe([r], ctx, [7], [2])
+    assert policy.budgets([r], ctx)[0].max_tokens == 6
+    policy.observe([r], ctx, [6], [6])
+    assert policy.budgets([r], ctx)[0].max_tokens == 8
+    for _ in range(10):
+        policy.observe([r], ctx, [1], [0])
+    assert policy.budgets([r], ctx)[0].max_tokens == 1  # never below 1
+
+
+def test_ema_moves_between_tiers_per_batch_bucket():
+    policy = make_policy("ema", 8)
+    small, large = context(1), context(32)
+    rs = [request()]
+    assert policy.budgets(rs, small)[0].max_tokens == 8
+    for _ in range(20):
+        policy.observe(rs, small, [8], [1])
+    assert policy.budgets(rs, small)[0].max_tokens == 2  # about one accepted: the tier above it
+    assert policy.budgets(rs, large)[0].max_tokens == 8  # another bucket, not yet observed
+
+
+def test_uniform_baselines_give_the_batch_one_k_that_falls_with_the_batch():
+    for spec in ("batch-schedule", "goodput"):
+        policy = make_policy(spec, 8)
+        ks = []
+        for batch in (1, 8, 64):
+            budgets = policy.budgets([request() for _ in range(batch)], context(batch))
+            assert len({b.max_tokens for b in budgets}) == 1
+            ks.append(budgets[0].max_tokens)
+        assert ks == sorted(ks, reverse=True) and ks[0] > ks[-1], (spec, ks)
+
+
+def test_the_paper_rule_is_batch_uniform_and_carries_the_step_model():
+    budgets = make_policy("adaspec-paper", 8).budgets([request(), request()], context(2))
+    rule = budgets[0].batch_rule
+    assert budgets[0] == budgets[1] and budgets[0].max_tokens == 8
+    assert rule.token_ms == pytest.approx(VERIFY.per_token_ms(200)) and rule.draft_ms == pytest.approx(
+        DRAFT.predict(2, 2, 200))
+
+
+# ---- routing ------------------------------------------------------------------------------------------------------
+
+def replica(name: str, speed: float, sessions: int) -> ReplicaView:
+    return ReplicaView(name, sessions, 64, 0, 2.0, 1.6, 300.0,
+                       LatencyModel(tuple(c / speed for c in VERIFY.coef)))
+
+
+def test_routing_takes_the_replica_that_meets_the_slo_with_the_most_slack():
+    fast_busy, slow_idle = replica("fast", 2.0, 8), replica("slow", 0.5, 0)
+    cal = AcceptanceCalibrator()
+    preds = [predict(r, 100, True, DRAFT, cal, 8, ttft_slo_ms=500, tpot_slo_ms=30) for r in (fast_busy, slow_idle)]
+    assert [p.replica_id for p in rank(preds)] == ["fast", "slow"]  # busy but twice as fast: more slack
+    tight = [predict(r, 100, True, DRAFT, cal, 8, tpot_slo_ms=1.0) for r in (fast_busy, slow_idle)]
+    assert all(p.slack < 0 for p in tight)
+    assert rank(tight)[0].replica_id == min(tight, key=lambda p: p.tpot_ms).replica_id  # best effort: fastest
+    twins = [predict(replica(n, 1.0, s), 100, True, DRAFT, cal, 8, tpot_slo_ms=1000) for n, s in (("a", 9), ("b", 8))]
+    assert rank(twins)[0].replica_id == "b"  # equal slack within the tie margin: the less loaded
+    no_slo = [predict(replica(n, sp, s), 100, True, DRAFT, cal, 8) for n, sp, s in (("x", 1.0, 0), ("y", 3.0, 0))]
+    assert rank(no_slo)[0].replica_id == "y" and math.isinf(no_slo[0].slack)
