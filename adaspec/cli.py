@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_profile_args(profile)
 
+    check = sub.add_parser("healthcheck", help="exit 0 if HOST:PORT answers SERVING to gRPC health checking, 1 if not "
+                                               "(a container's health check)")
+    check.add_argument("address", help="HOST:PORT of an AdaSpec gRPC service")
+    check.add_argument("--service", default="", help="the gRPC service to ask about (default: the server as a whole)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -195,8 +201,26 @@ def cmd_profile(args) -> int:
     return run_profile(args)
 
 
+def cmd_healthcheck(args) -> int:
+    """The standard gRPC health check, the one `adaspec up` and Kubernetes' `grpc` probes use, for container
+    health checks: the image needs no extra probe binary."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                               timeout=args.timeout)
+        except grpc.RpcError as error:  # unreachable, timed out, or an unknown service (NOT_FOUND)
+            print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
-            "profile": cmd_profile}
+            "profile": cmd_profile, "healthcheck": cmd_healthcheck}
 
 if __name__ == "__main__":
     sys.exit(main())
