@@ -1,6 +1,6 @@
 """A small stack on the in-process load store (one verify replica of one session plus one queued, one
-draft), each running its engine in a process of its own: capacity, a draft that dies mid-request, and the
-last verify replica's engine process dying mid-stream.
+draft), each running its engine in a process of its own: capacity, a draft that stalls, a draft that dies
+mid-request, and the last verify replica's engine process dying mid-stream.
 
 Its own module, so the larger Redis-backed stack of `test_services.py` is down before this one starts.
 """
@@ -28,7 +28,8 @@ def small_stack(tmp_path_factory):
     engine_process = ["--engine-core", "process"]
     config = StackConfig(verify_replicas=1, draft_replicas=1, draft_args=engine_process,
                          verify_args=["--max-num-seqs", "1", "--max-waiting", "1", *engine_process],
-                         coordinator_args=["--ttl-s", "1.5"], log_dir=str(tmp_path_factory.mktemp("small-logs")))
+                         coordinator_args=["--ttl-s", "1.5", "--draft-timeout-s", "2"],
+                         log_dir=str(tmp_path_factory.mktemp("small-logs")))
     with Stack(config) as stack:
         yield stack
     assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{stack.exit_report()}"
@@ -59,6 +60,29 @@ def test_full_capacity_gets_resource_exhausted(small_stack):
 
     error = asyncio.run(fill_then_overflow())
     assert error.retry_delay is not None
+
+
+def test_steps_at_k_0_do_not_wait_for_a_stalled_draft_and_a_drafting_request_drops_it(small_stack, bundled_engine):
+    """The draft replica stops answering (SIGSTOP). A request whose every step is at k = 0 never waits for it:
+    it finishes at once though its draft session is open there. One that drafts waits `--draft-timeout-s` for
+    its first drafts, then goes on without the draft. Both outputs are the target's."""
+    expected = bundled_engine.generate(["def f():"], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                                       policy="none")[0].token_ids
+    draft = small_stack.processes["draft-0"].popen
+    os.kill(draft.pid, signal.SIGSTOP)
+    try:
+        with Client(small_stack.address, max_retries=0, timeout=30) as client:
+            start = time.monotonic()
+            plain = client.generate("def f():", max_tokens=12, temperature=0, ignore_eos=True, policy="fixed:0")
+            plain_s = time.monotonic() - start
+            start = time.monotonic()
+            drafting = client.generate("def f():", max_tokens=12, temperature=0, ignore_eos=True, policy="fixed:2")
+            drafting_s = time.monotonic() - start
+    finally:
+        os.kill(draft.pid, signal.SIGCONT)
+    assert plain.token_ids == drafting.token_ids == expected
+    assert plain.stats.draft_replica == "draft-0" and plain.stats.draft_tokens == 0 and plain_s < 1.5
+    assert drafting.stats.draft_replica == "" and drafting.stats.draft_tokens == 0 and drafting_s >= 2.0
 
 
 def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundled_engine):

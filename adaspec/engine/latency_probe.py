@@ -37,7 +37,7 @@ class ProbeGrid:
 
 FULL = ProbeGrid(batches=(1, 2, 4, 8, 16, 32, 64), verify_tokens=(1, 2, 3, 5, 7, 9), draft_tokens=(1, 2, 4),
                  contexts=(32, 128, 512, 1024), repeats=3)
-QUICK = ProbeGrid(batches=(1, 4, 16), verify_tokens=(1, 3, 6), draft_tokens=(1, 2), contexts=(64, 320), repeats=2)
+QUICK = ProbeGrid(batches=(1, 8), verify_tokens=(1, 5), draft_tokens=(1, 2), contexts=(64, 256), repeats=2)
 
 
 def probe(runner: ModelRunner, shapes: list[tuple[int, int, int]], repeats: int, logits_per_token: bool,

@@ -35,6 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-tpot-ms", type=float, default=DEFAULT_TPOT_MS,
                         help="TPOT SLO of requests that name none (0: none)")
     parser.add_argument("--view-s", type=float, default=0.25, help="how often the replicas' load is read")
+    parser.add_argument("--draft-timeout-s", type=float, default=5.0,
+                        help="a draft replica that gives no drafts this long is dropped: the request goes on at k = 0")
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--ttl-s", type=float, default=3.0)
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
@@ -59,7 +61,8 @@ async def _serve(args) -> None:
     view = LoadView(store, args.view_s)
     await view.start()
     service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, view, args.policy,
-                                 args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None))
+                                 args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None),
+                                 args.draft_timeout_s)
     host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
     await host.start()

@@ -9,8 +9,9 @@
     stream   yield the committed tokens and text to the client
     close    half-close both sessions (cancel them on error), release both leases
 
-The draft is an accelerator, never a dependency: if its replica is full, fails or falls behind the
-context, the request goes on at k = 0 (still exact: every token comes from the verify pool).
+The draft is an accelerator, never a dependency: if its replica is full, fails, stalls (no drafts within
+`draft_timeout_s`) or falls behind the context, the request goes on at k = 0 (still exact: every token comes
+from the verify pool).
 A verify replica that becomes unavailable mid-request is replaced: the request reopens on another
 replica with the tokens committed so far and goes on from there, still lossless (greedy output is the
 same token for token; sampled output keeps the target's distribution). The failed step's drafts are dropped.
@@ -121,8 +122,10 @@ class Session:
 
 
 class RequestRun:
-    def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int, steps: Steps):
+    def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int, steps: Steps,
+                 draft_timeout_s: float = 5.0):
         self.spec, self.router, self.channels, self.max_spec_len = spec, router, channels, max_spec_len
+        self.draft_timeout_s = draft_timeout_s
         self.counters = Counters()
         self.verify: Session | None = None
         self.draft: Session | None = None
@@ -235,10 +238,14 @@ class RequestRun:
         if self.draft is None or not self.asked_draft:
             return common_pb2.DraftTokens()
         try:
-            return (await self.draft.receive()).drafts
+            return (await asyncio.wait_for(self.draft.receive(), self.draft_timeout_s)).drafts
+        except TimeoutError:
+            await self._drop_draft(grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                details=f"draft replica {self.draft.replica.replica_id} gave no drafts in {self.draft_timeout_s:g} s"))
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
-            return common_pb2.DraftTokens()
+        return common_pb2.DraftTokens()
 
     async def verify_step(self, drafts: common_pb2.DraftTokens) -> tuple[verify_pb2.VerifyResponse, list[float]]:
         """The verify reply, and the confidences of the drafts it tested (none when the step was lost and the
@@ -318,7 +325,7 @@ class RequestRun:
         log.warning("continuing without speculation",
                     extra={"request_id": self.spec.request_id, "reason": reason, "code": code.name})
         if self.draft is not None:
-            if code is grpc.StatusCode.UNAVAILABLE:
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # gone or stalled
                 self.router.mark_failed(self.draft.replica)
             await self.draft.close(ok=False)
         self.draft = None

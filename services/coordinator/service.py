@@ -56,13 +56,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, store: LoadStore, store_name: str, channels: Channels, view: LoadView,
                  default_policy: str = "adaspec", max_spec_len: int = 8,
-                 default_slo_ms: tuple[float | None, float | None] = (None, None)):
+                 default_slo_ms: tuple[float | None, float | None] = (None, None), draft_timeout_s: float = 5.0):
         self.store, self.store_name, self.channels, self.view = store, store_name, channels, view
         self.steps = Steps(view, max_spec_len)
         self.steps.policy(default_policy)  # fail at start-up, not on the first request
         self.router = Router(store, view, max_spec_len)
         self.default_policy, self.max_spec_len = default_policy, max_spec_len
         self.default_ttft_ms, self.default_tpot_ms = default_slo_ms
+        self.draft_timeout_s = draft_timeout_s
         self.in_flight = 0
         self._seeds = random.Random()
 
@@ -72,7 +73,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             # aclosing: however this call ends (a cancel lands while a response is being written, not in
             # the run), the run's own cleanup closes both sessions now, not when the generator is collected
-            run = RequestRun(spec, self.router, self.channels, self.max_spec_len, self.steps)
+            run = RequestRun(spec, self.router, self.channels, self.max_spec_len, self.steps, self.draft_timeout_s)
             async with contextlib.aclosing(run.run()) as responses:
                 async for response in responses:
                     yield response

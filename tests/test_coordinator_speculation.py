@@ -1,0 +1,99 @@
+"""The coordinator's side of speculation: the same decision as the engine for the same state, routing over a real
+load store, and what a draft session is told after steps at k = 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adaspec import SamplingParams
+from adaspec.engine.sequence import Sequence
+from adaspec.engine.step_planner import StepPlanner
+from adaspec.loadstore import InProcessLoadStore, ReplicaLoad
+from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
+from adaspec.speculation.step_state import RequestState, StepLoad
+from services.coordinator.load_view import LoadView
+from services.coordinator.router import NoCapacity, RouteRequest, Router
+from services.coordinator.speculation import RequestSpeculation, Steps
+
+VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.02))
+DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.005))
+
+
+def verify_load(replica_id: str, coef=VERIFY.coef, sessions: int = 6, **fields) -> ReplicaLoad:
+    base = dict(sessions=sessions, max_sessions=64, step_batch=float(sessions), step_tokens=2.0, tokens_per_step=1.6,
+                mean_context=300.0, latency_coef=list(coef))
+    return ReplicaLoad(replica_id, "verify", "default", f"{replica_id}:1", **{**base, **fields})
+
+
+async def view_of(*loads: ReplicaLoad) -> tuple[InProcessLoadStore, LoadView]:
+    store = InProcessLoadStore()
+    for load in loads:
+        await store.publish(load, ttl_s=30)
+    view = LoadView(store)
+    await view.refresh()
+    return store, view
+
+
+def test_the_engine_and_the_coordinator_take_the_same_decision_for_the_same_state():
+    """One request in a step of six on a verify replica of known speed, and a draft of known speed: the engine's
+    planner (from its batch) and the coordinator (from the replica's heartbeat) hand the policy the same plain
+    data, and get the same budget, for every policy."""
+
+    async def coordinator_budget(policy: str) -> object:
+        _, view = await view_of(verify_load("verify-0"), ReplicaLoad("draft-0", "draft", "draft", "d:1", step_batch=1.0,
+                                                                     latency_coef=list(DRAFT.coef)))
+        steps = Steps(view, 8)
+        state = RequestState(context_tokens=300, output_tokens=0, remaining_tokens=40, greedy=True)
+        run = RequestSpeculation(steps, steps.policy(policy), state, max_tokens=40)
+        run.on_verify("verify-0")
+        run.draft_id = "draft-0"
+        run.committed([17], 0, [])  # the first token
+        return run.budget(room=8)
+
+    for policy in ("adaspec", "goodput", "batch-schedule", "adaspec-paper", "fixed:3", "threshold:0.4"):
+        planner = StepPlanner(8, LatencyProfile(VERIFY, DRAFT), measure_profile=None)
+        seq = Sequence(0, [5] * 300, SamplingParams(max_tokens=41, temperature=0.0), 0, planner.policy(policy))
+        seq.token_ids.append(17)  # the same first token
+        seq.stats.first_token_time = seq.stats.arrival_time
+        # the step the heartbeat describes: six sequences, the five others with 2 query tokens and 1.6 tokens each
+        load = StepLoad(batch=6, other_tokens=10, other_yield=8.0, context=300.0, draft_batch=0)
+        engine_budget = planner.budgets([seq], load)[0][0]
+        assert engine_budget == asyncio.run(coordinator_budget(policy)), policy
+
+
+def test_routing_prefers_the_faster_replica_and_falls_back_in_order_when_one_is_full():
+    async def scenario():
+        fast = verify_load("fast", coef=tuple(c / 2 for c in VERIFY.coef), sessions=10)
+        slow = verify_load("slow", sessions=2)
+        store, view = await view_of(fast, slow)
+        router = Router(store, view)
+        # a TPOT SLO only the fast replica meets
+        request = RouteRequest(prompt_tokens=200, greedy=True, ttft_slo_ms=1000, tpot_slo_ms=1.5)
+        first = await router.acquire("verify", "a", request=request)
+        for i in range(64 - 1):  # fill the fast replica's leases
+            assert await store.reserve("fast", f"filler-{i}", 64, 60)
+        second = await router.acquire("verify", "b", request=request)
+        for i in range(63):  # and the slow one's, where "b" holds one
+            assert await store.reserve("slow", f"more-{i}", 64, 60)
+        with pytest.raises(NoCapacity):
+            await router.acquire("verify", "c", request=request)
+        return first.replica_id, second.replica_id
+
+    assert asyncio.run(scenario()) == ("fast", "slow")
+
+
+def test_a_draft_session_hears_every_token_committed_while_it_drafted_nothing():
+    """After a drafting step, steps at k = 0 keep their tokens; the next draft step carries all of them and the
+    accepted count of the last drafts."""
+    steps = Steps(LoadView(InProcessLoadStore()), 8)
+    run = RequestSpeculation(steps, steps.policy("fixed:2"), RequestState(10, 0, 50, True), 50)
+    run.committed([1], 0, [])  # the first token
+    assert run.take_catch_up().token_ids == [1]
+    run.committed([7, 8], 1, [0.9, 0.4])  # the drafting step: one of two accepted, then the target's token
+    run.committed([9], 0, [])  # two steps at k = 0
+    run.committed([10], 0, [])
+    catch_up = run.take_catch_up()
+    assert (catch_up.num_accepted, catch_up.token_ids) == (1, [7, 8, 9, 10])
+    assert run.state.output_tokens == 5 and run.state.acceptance.tested == 2
