@@ -7,7 +7,8 @@ system picks and writes the address to its `--port-file` (`adaspec.serving.port_
 replicas' before the coordinator that is given them starts. `start()` returns once each one reports
 SERVING through standard gRPC health checking (the HTTP process: once its `/health` answers 200, which it
 does once the coordinator serves); `stop()` sends SIGTERM (graceful drain) and escalates to SIGKILL only
-if a process does not exit.
+if a process does not exit. `supervise()`, which `adaspec up` calls in a loop, restarts a replica or the HTTP
+process that dies, within a budget, and raises `StackDown` when the coordinator dies.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class StackConfig:
     threads: int | None = None  # torch threads per model process (default: cores / model processes)
     log_dir: str | None = None
     ready_timeout_s: float = 120.0
+    # `supervise`: a process that dies is restarted at most `restart_budget` times within `restart_window_s`,
+    # after `restart_backoff_s` (doubled for each restart already in the window): 1 s, 2 s, 4 s
+    restart_budget: int = 3
+    restart_window_s: float = 300.0
+    restart_backoff_s: float = 1.0
 
 
 @dataclass
@@ -56,6 +62,14 @@ class Process:
     popen: subprocess.Popen
     log_path: Path
     port_file: Path | None = None
+    args: list[str] = field(default_factory=list)  # its `adaspec serve` arguments, to restart it with
+    restarts: list[float] = field(default_factory=list)  # time.monotonic() of each restart by `supervise`
+    restart_at: float | None = None  # dead, to be restarted then
+    given_up: bool = False  # dead with its restart budget spent: it stays down
+
+
+class StackDown(RuntimeError):
+    """The stack cannot serve any more: its coordinator exited."""
 
 
 class Stack:
@@ -113,6 +127,10 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], port: int = 0) -> None:
         log_path, port_file = self.log_dir / f"{name}.log", self.log_dir / f"{name}.port"
+        self.processes[name] = Process(name, "", self._launch(name, args, port, log_path, port_file), log_path,
+                                       port_file, args)
+
+    def _launch(self, name: str, args: list[str], port: int, log_path: Path, port_file: Path) -> subprocess.Popen:
         port_file.unlink(missing_ok=True)
         command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port), "--port-file",
                    str(port_file)]
@@ -120,9 +138,8 @@ class Stack:
             command += ["--replica-id", name]
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
-            popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        self.processes[name] = Process(name, "", popen, log_path, port_file)
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def _learn_addresses(self) -> None:
         """Wait until every process started has written the address it bound (early: before its model loads)."""
@@ -164,8 +181,39 @@ class Stack:
             while len(await client.cluster_state()) < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
 
+    def supervise(self) -> None:
+        """One round of watching the processes (`adaspec up` calls it twice a second). A replica or the HTTP
+        process that exited on its own is reported on stderr and, after the backoff, restarted with its arguments
+        on the port it bound first (the coordinator, given that address, finds it again); with its restart budget
+        spent it stays down. Raises StackDown when the coordinator exited: nothing is served without it.
+        Processes `kill`ed (fault tests) are left alone."""
+        c, now = self.config, time.monotonic()
+        for process in self.processes.values():
+            if process.name in self.killed or process.given_up or process.popen.poll() is None:
+                continue
+            exited = f"{process.name} exited with code {process.popen.returncode}"
+            if process.name == "coordinator":
+                raise StackDown(f"{exited}; end of its log:\n{tail(process.log_path, 20)}")
+            if process.restart_at is None:  # just died
+                recent = [t for t in process.restarts if now - t < c.restart_window_s]
+                _report(f"{exited}; end of its log:\n{tail(process.log_path, 20)}")
+                if len(recent) >= c.restart_budget:
+                    process.given_up = True
+                    _report(f"{process.name} stays down: {len(recent)} restarts in the last {c.restart_window_s:g} s "
+                            f"spent its budget")
+                else:
+                    process.restart_at = now + c.restart_backoff_s * 2 ** len(recent)
+                    _report(f"restarting {process.name} in {process.restart_at - now:g} s")
+            elif now >= process.restart_at:
+                process.restart_at = None
+                process.restarts.append(now)
+                port = int(process.address.rsplit(":", 1)[1])
+                process.popen = self._launch(process.name, process.args, port, process.log_path, process.port_file)
+                _report(f"{process.name} restarted on {process.address} (restart {len(process.restarts)}, "
+                        f"pid {process.popen.pid})")
+
     def kill(self, name: str) -> None:
-        """SIGKILL one process (a crash, for fault tests)."""
+        """SIGKILL one process (a crash, for fault tests); `supervise` does not restart it."""
         process = self.processes[name]
         self.killed.add(name)
         process.popen.kill()
@@ -212,6 +260,10 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _report(message: str) -> None:
+    print(f"adaspec: {message}", file=sys.stderr, flush=True)
 
 
 def tail(path: Path, lines: int = 80) -> str:
