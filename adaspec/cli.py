@@ -110,7 +110,7 @@ def stack_config(args, port: int = 0):
 
 
 def cmd_up(args) -> int:
-    from adaspec.stack import Stack
+    from adaspec.stack import Stack, StackDown
 
     config = stack_config(args, args.port)
     config.http, config.http_port = not args.no_http, args.http_port
@@ -128,10 +128,11 @@ def cmd_up(args) -> int:
             print(f"       OpenAI-compatible API at {stack.http_url}/v1: curl {stack.http_url}/v1/completions "
                   f"""-H 'Content-Type: application/json' -d '{{"prompt": "def main():", "max_tokens": 32}}'""")
         try:
-            while all(p.popen.poll() is None for p in stack.processes.values()):
+            while True:  # a replica or the HTTP API that dies is restarted (Stack.supervise), the coordinator is fatal
+                stack.supervise()
                 time.sleep(0.5)
-            dead = [n for n, p in stack.processes.items() if p.popen.poll() is not None]
-            print(f"adaspec: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+        except StackDown as error:
+            print(f"adaspec: {error}\nadaspec: stopping the stack", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\nstopping ...", file=sys.stderr)

@@ -24,7 +24,11 @@ class ReplicaLoad:
     address: str             # host:port of its gRPC server
     sessions: int = 0        # open sessions
     waiting: int = 0         # sessions queued for admission
-    queued_tokens: int = 0   # prompt tokens not yet prefilled + pending verify tokens
+    # committed tokens (prompt, resumed or generated output) not yet in the replica's KV cache, which its engine
+    # must run through the model before answering: mostly prompts waiting for prefill; on a draft replica also a
+    # session's prompt until its first step and the tokens its queued steps commit. The same on both kinds, so
+    # routing can compare it: the input work queued ahead of a new request.
+    queued_tokens: int = 0
     free_kv_blocks: int = 0
     total_kv_blocks: int = 0
     max_sessions: int = 0    # capacity: admitted + queue limit

@@ -2,10 +2,13 @@
 and optionally the OpenAI-compatible HTTP API in front of it.
 
 What `adaspec up` and `adaspec demo` run, and what the service tests and benchmarks start. Every
-process is a real `adaspec serve ...` on a loopback port; `start()` returns once each one reports
+process is a real `adaspec serve ...` on a loopback port, port 0 unless configured: the service binds a port the
+system picks and writes the address to its `--port-file` (`adaspec.serving.port_file`), which this reads, the
+replicas' before the coordinator that is given them starts. `start()` returns once each one reports
 SERVING through standard gRPC health checking (the HTTP process: once its `/health` answers 200, which it
 does once the coordinator serves); `stop()` sends SIGTERM (graceful drain) and escalates to SIGKILL only
-if a process does not exit.
+if a process does not exit. `supervise()`, which `adaspec up` calls in a loop, restarts a replica or the HTTP
+process that dies, within a budget, and raises `StackDown` when the coordinator dies.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 
 from adaspec.http.readiness import wait_until_healthy
 from adaspec.loadstore import RedisServer
-from adaspec.loadstore.redis_server import free_port
 from adaspec.serving.lifetime import die_with_parent
 from adaspec.serving.server import wait_until_serving
 
@@ -46,14 +48,28 @@ class StackConfig:
     threads: int | None = None  # torch threads per model process (default: cores / model processes)
     log_dir: str | None = None
     ready_timeout_s: float = 120.0
+    # `supervise`: a process that dies is restarted at most `restart_budget` times within `restart_window_s`,
+    # after `restart_backoff_s` (doubled for each restart already in the window): 1 s, 2 s, 4 s
+    restart_budget: int = 3
+    restart_window_s: float = 300.0
+    restart_backoff_s: float = 1.0
 
 
 @dataclass
 class Process:
     name: str
-    address: str
+    address: str  # "" until the service has written it to `port_file`
     popen: subprocess.Popen
     log_path: Path
+    port_file: Path | None = None
+    args: list[str] = field(default_factory=list)  # its `adaspec serve` arguments, to restart it with
+    restarts: list[float] = field(default_factory=list)  # time.monotonic() of each restart by `supervise`
+    restart_at: float | None = None  # dead, to be restarted then
+    given_up: bool = False  # dead with its restart budget spent: it stays down
+
+
+class StackDown(RuntimeError):
+    """The stack cannot serve any more: its coordinator exited."""
 
 
 class Stack:
@@ -93,13 +109,16 @@ class Stack:
             for i in range(c.draft_replicas):
                 self._spawn(f"draft-{i}", ["draft", *common, *(["--draft", c.draft] if c.draft else []),
                                            *c.draft_args])
+            self._learn_addresses()
             verify = ",".join(p.address for n, p in self.processes.items() if n.startswith("verify"))
             draft = ",".join(p.address for n, p in self.processes.items() if n.startswith("draft"))
             self._spawn("coordinator", ["coordinator", "--host", c.host, *store, "--verify", verify, "--draft", draft,
                                         "--policy", c.policy, *c.coordinator_args], port=c.coordinator_port)
+            self._learn_addresses()
             if c.http:
                 self._spawn("http", ["http", "--host", c.host, "--coordinator", self.address,
                                      *(["--tokenizer", c.target] if c.target else []), *c.http_args], port=c.http_port)
+                self._learn_addresses()
             asyncio.run(self._wait_ready())
         except BaseException:
             self.stop()
@@ -107,17 +126,36 @@ class Stack:
         return self
 
     def _spawn(self, name: str, args: list[str], port: int = 0) -> None:
-        port = port or free_port(self.config.host)
-        address = f"{self.config.host}:{port}"
-        log_path = self.log_dir / f"{name}.log"
-        command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port)]
+        log_path, port_file = self.log_dir / f"{name}.log", self.log_dir / f"{name}.port"
+        self.processes[name] = Process(name, "", self._launch(name, args, port, log_path, port_file), log_path,
+                                       port_file, args)
+
+    def _launch(self, name: str, args: list[str], port: int, log_path: Path, port_file: Path) -> subprocess.Popen:
+        port_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "adaspec.cli", "serve", *args, "--port", str(port), "--port-file",
+                   str(port_file)]
         if name.startswith(("verify", "draft")):
             command += ["--replica-id", name]
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
-            popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        self.processes[name] = Process(name, address, popen, log_path)
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+    def _learn_addresses(self) -> None:
+        """Wait until every process started has written the address it bound (early: before its model loads)."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        for process in self.processes.values():
+            while not process.address:
+                if process.port_file.exists():
+                    process.address = process.port_file.read_text()
+                elif process.popen.poll() is not None:
+                    raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} while starting; "
+                                       f"its log:\n{tail(process.log_path)}")
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"{process.name} did not report its address within "
+                                       f"{self.config.ready_timeout_s:.0f} s")
+                else:
+                    time.sleep(0.05)
 
     async def _wait_ready(self) -> None:
         async def ready(process: Process) -> None:
@@ -143,8 +181,39 @@ class Stack:
             while len(await client.cluster_state()) < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
 
+    def supervise(self) -> None:
+        """One round of watching the processes (`adaspec up` calls it twice a second). A replica or the HTTP
+        process that exited on its own is reported on stderr and, after the backoff, restarted with its arguments
+        on the port it bound first (the coordinator, given that address, finds it again); with its restart budget
+        spent it stays down. Raises StackDown when the coordinator exited: nothing is served without it.
+        Processes `kill`ed (fault tests) are left alone."""
+        c, now = self.config, time.monotonic()
+        for process in self.processes.values():
+            if process.name in self.killed or process.given_up or process.popen.poll() is None:
+                continue
+            exited = f"{process.name} exited with code {process.popen.returncode}"
+            if process.name == "coordinator":
+                raise StackDown(f"{exited}; end of its log:\n{tail(process.log_path, 20)}")
+            if process.restart_at is None:  # just died
+                recent = [t for t in process.restarts if now - t < c.restart_window_s]
+                _report(f"{exited}; end of its log:\n{tail(process.log_path, 20)}")
+                if len(recent) >= c.restart_budget:
+                    process.given_up = True
+                    _report(f"{process.name} stays down: {len(recent)} restarts in the last {c.restart_window_s:g} s "
+                            f"spent its budget")
+                else:
+                    process.restart_at = now + c.restart_backoff_s * 2 ** len(recent)
+                    _report(f"restarting {process.name} in {process.restart_at - now:g} s")
+            elif now >= process.restart_at:
+                process.restart_at = None
+                process.restarts.append(now)
+                port = int(process.address.rsplit(":", 1)[1])
+                process.popen = self._launch(process.name, process.args, port, process.log_path, process.port_file)
+                _report(f"{process.name} restarted on {process.address} (restart {len(process.restarts)}, "
+                        f"pid {process.popen.pid})")
+
     def kill(self, name: str) -> None:
-        """SIGKILL one process (a crash, for fault tests)."""
+        """SIGKILL one process (a crash, for fault tests); `supervise` does not restart it."""
         process = self.processes[name]
         self.killed.add(name)
         process.popen.kill()
@@ -191,6 +260,10 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _report(message: str) -> None:
+    print(f"adaspec: {message}", file=sys.stderr, flush=True)
 
 
 def tail(path: Path, lines: int = 80) -> str:

@@ -96,3 +96,26 @@ def test_stop_conditions(bundled_engine):
     out = engine.generate(["def main():\n"], SamplingParams(max_tokens=40, temperature=0.0, stop=[stop_text]),
                           policy="fixed:4")[0]
     assert out.finish_reason == "stop" and out.text == base.text[: base.text.index(stop_text)]
+
+
+def test_a_step_that_raises_leaves_nothing_behind(bundled_engine, monkeypatch):
+    """`generate` aborts and forgets every request of the call when a step raises mid-way (here the target's
+    forward, once the prompts are prefilled): KV blocks back, no request left, and the engine still works."""
+    engine = bundled_engine
+    whole = engine.kv_usage()
+    forward, calls = engine.target_runner.forward, []
+
+    def fails_on_the_second_forward(items):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise RuntimeError("injected forward failure")
+        return forward(items)
+
+    monkeypatch.setattr(engine.target_runner, "forward", fails_on_the_second_forward)
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    with pytest.raises(RuntimeError, match="injected forward failure"):
+        engine.generate(["def fib(n):", "import os\n"], params, policy="fixed:4")
+    assert len(calls) == 2
+    assert engine.kv_usage() == whole and not engine.has_unfinished() and engine._sequences == {}
+    monkeypatch.undo()
+    assert len(engine.generate(["def fib(n):"], params, policy="fixed:4")[0].token_ids) == 16

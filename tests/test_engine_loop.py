@@ -180,6 +180,30 @@ def test_sessions_closed_while_their_step_runs_are_not_waited_for():
     assert waited < 0.1, waited
 
 
+
+def test_gathering_starts_afresh_after_the_ready_work_was_closed():
+    """Work ready, then closed while the loop gathers for it: the next work gathers from its own arrival. (Timed
+    from the closed work, the window would be long past: session 1 would step alone at once, and session 2, due
+    back 20 ms later, in a step of its own.)"""
+
+    async def main():
+        engine = CountingEngine(step_s=0.2)
+        loop = EngineLoop(ThreadCore(engine, "test"), "test", max_wait_ms=100)
+        loop.start()
+        await asyncio.gather(*(exchange(loop, engine, key, key) for key in (0, 1, 2)))  # all three due back
+        await loop.call(("queue", (0, 0)), key=0)  # ready: the loop gathers, sessions 1 and 2 being due back
+        loop.forget(0)  # session 0 closes meanwhile: nothing is ready any more
+        loop.post(("drop", (0,)))
+        await asyncio.sleep(0.3)
+        first = asyncio.create_task(exchange(loop, engine, 1, 1))
+        await asyncio.sleep(0.02)
+        results = [await exchange(loop, engine, 2, 2), await first]
+        await loop.stop()
+        return results, engine.batches
+
+    results, batches = asyncio.run(main())
+    assert batches == [[0, 1, 2], [1, 2]] and results == [(2, 2), (1, 2)]
+
 class SlowApplyCore(ThreadCore):
     """Commands take a while to apply (an engine process's pipe); `then` runs on the event loop just before
     the outcomes are handed out."""

@@ -29,7 +29,6 @@ from adaspec import AsyncClient, Client
 from adaspec.errors import bad_request, error_for
 from adaspec.http.errors import from_adaspec
 from adaspec.http.readiness import wait_until_healthy
-from adaspec.loadstore.redis_server import free_port
 from adaspec.stack import Stack, StackConfig
 from tests.test_http_chat_template import MESSAGES, write_templated_tokenizer
 from tests.test_services import replica_load, wait_for_baseline
@@ -69,16 +68,22 @@ def templated_tokenizer(tmp_path_factory) -> Path:
 def guarded(stack, templated_tokenizer, tmp_path_factory):
     """A second HTTP process on the same coordinator: an API key from $ADASPEC_API_KEY, a 1 s request timeout,
     and a tokenizer with a chat template (the bundled one with `TEMPLATE`)."""
-    port, log_path = free_port(), tmp_path_factory.mktemp("guarded") / "http.log"
-    command = [sys.executable, "-m", "adaspec.cli", "serve", "http", "--coordinator", stack.address, "--port",
-               str(port), "--request-timeout", "1", "--tokenizer", str(templated_tokenizer), "--served-model-name",
-               MODEL]
+    logs = tmp_path_factory.mktemp("guarded")
+    log_path, port_file = logs / "http.log", logs / "http.port"
+    command = [sys.executable, "-m", "adaspec.cli", "serve", "http", "--coordinator", stack.address, "--port", "0",
+               "--port-file", str(port_file), "--request-timeout", "1", "--tokenizer", str(templated_tokenizer),
+               "--served-model-name", MODEL]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "ADASPEC_API_KEY": KEY})
     try:
-        asyncio.run(wait_until_healthy(f"http://127.0.0.1:{port}/health", 60))
-        yield f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        url = f"http://{port_file.read_text()}"
+        asyncio.run(wait_until_healthy(f"{url}/health", 60))
+        yield url
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0, log_path.read_text()

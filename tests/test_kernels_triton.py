@@ -3,10 +3,10 @@
 `triton.jit` picks the interpreter when a function is decorated, so TRITON_INTERPRET=1 must be set
 before `triton` itself is first imported — Triton's own `tl.max` & co. are jit functions too. In a
 plain pytest run the shared conftest has already imported triton (transformers pulls in torch's
-Triton helpers), so this module then runs itself once more in a subprocess with TRITON_INTERPRET=1
-(`test_kernels_in_interpreter_subprocess`) and skips its tests in this process. Other test files are
-unaffected: `kernels` imports its Triton modules lazily and the CPU path never touches them.
-`TRITON_INTERPRET=1 pytest tests/test_kernels_triton.py` runs the tests directly.
+Triton helpers), so it does not collect this module (conftest.py): `test_kernels_interpreter.py` runs it in a
+subprocess with TRITON_INTERPRET=1. Other test files are unaffected: `kernels` imports its Triton modules lazily
+and the CPU path never touches them. `TRITON_INTERPRET=1 pytest tests/test_kernels_triton.py` runs the tests
+directly.
 
 The interpreter executes every program of a grid in Python (~10 ms per small program), which bounds
 the batch sizes here; the vocabulary size costs little.
@@ -15,9 +15,7 @@ the batch sizes here; the vocabulary size costs little.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 if "triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -44,13 +42,9 @@ from kernels.sampling import processed_probs
 from kernels.sampling_triton import target_row_stats_kernel
 from tests.test_rejection_sampler import TIED_LOGITS, first_token_pvalue, zero_residual_case
 
-INTERPRETING = isinstance(tl.max, InterpretedFunction)
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_only(request):
-    if not INTERPRETING and request.function is not test_kernels_in_interpreter_subprocess:
-        pytest.skip("runs in test_kernels_in_interpreter_subprocess")
+if not isinstance(tl.max, InterpretedFunction):  # named on a plain pytest run's command line
+    pytest.fail("triton was imported before this module without TRITON_INTERPRET=1: run `TRITON_INTERPRET=1 pytest "
+                "tests/test_kernels_triton.py`, or tests/test_kernels_interpreter.py", pytrace=False)
 
 
 SEED_MAX = 2**63 - 1  # seeds are in [0, 2**63); torch.randint takes an exclusive int64 bound
@@ -355,18 +349,3 @@ def test_dispatch(monkeypatch):
     kernels.paged_attention(*attention_args)
     assert calls[2:] == [rejection_sampler_triton, paged_attention_triton]
 
-
-@pytest.mark.skipif(INTERPRETING, reason="this process already runs the interpreter")
-def test_kernels_in_interpreter_subprocess(request):
-    """Run this module again with TRITON_INTERPRET=1 set from the start (see the module docstring)."""
-    # --noconftest: the shared conftest's fixtures are not used here, and it imports transformers (~7 s)
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "--noconftest"]
-    if request.config.getoption("markexpr"):
-        command += ["-m", request.config.getoption("markexpr")]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run(command, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                            check=False)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0, f"{summary}\n{result.stdout[-8000:]}\n{result.stderr[-2000:]}"
-    print(f"interpreter subprocess: {summary}")

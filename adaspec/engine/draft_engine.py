@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,19 @@ class DraftEngine:
     def _cap(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         room = self.max_model_len - len(seq.token_ids) - 1
         return budget.capped(min(self.max_spec_len, room))
+
+    def queued_tokens(self, pending: Mapping[int, DraftWork]) -> int:
+        """Committed tokens not yet in the draft cache, with each session's `pending` step applied: what the next
+        steps feed before drafting (a session's whole prompt on its first step; the accepted drafts stay cached)."""
+        total = 0
+        for seq_id, seq in self._sessions.items():
+            committed, cached = len(seq.token_ids), self.blocks.num_tokens(seq_id)
+            work = pending.get(seq_id)
+            if work is not None:
+                cached = min(cached, committed + work.num_accepted)
+                committed += len(work.token_ids)
+            total += max(0, committed - cached)  # between steps the cache also holds drafts not committed yet
+        return total
 
     def kv_usage(self) -> tuple[int, int]:
         return self.blocks.num_free_blocks, self.blocks.num_blocks

@@ -181,9 +181,11 @@ class Engine:
             with tqdm(total=len(seqs), disable=not use_tqdm, desc="generate", unit="req") as bar:
                 while not all(s.finished for s in seqs):
                     bar.update(len(self.step()))
-        finally:
+        except BaseException:  # a step raised (or Ctrl-C): nobody will pop these outputs, so forget them here
             for seq in seqs:
                 self.abort(seq.seq_id)
+                del self._sequences[seq.seq_id]
+            raise
         return [self.pop_output(s.seq_id) for s in seqs]
 
     # ---- one engine step ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from adaspec.client._base import DEFAULT_ADDRESS
+from adaspec.serving.port_file import add_port_file_arg
 
 API_KEY_ENV = "ADASPEC_API_KEY"
 DEFAULT_PORT = 8000
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="the coordinator's HOST:PORT")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port")
+    add_port_file_arg(parser)
     parser.add_argument("--tokenizer",
                         help="the target's checkpoint or tokenizer directory, for its chat template and model name "
                              "(default: the bundled tiny-target)")
@@ -68,4 +70,5 @@ def main(args) -> None:
     log.info("starting", extra={"address": f"{args.host}:{args.port}", "coordinator": args.coordinator,
                                 "model": settings.model_name, "chat_template": settings.chat_template.kind,
                                 "auth": settings.api_key is not None})
-    serve(create_app(settings), args.host, args.port, grace_s=args.grace_s, log_level=args.log_level)
+    serve(create_app(settings), args.host, args.port, grace_s=args.grace_s, log_level=args.log_level,
+          port_file=args.port_file)

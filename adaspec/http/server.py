@@ -17,6 +17,8 @@ import signal
 import uvicorn
 from starlette.types import ASGIApp
 
+from adaspec.serving.port_file import write_address
+
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -38,15 +40,20 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: ASGIApp, host: str, port: int, *, grace_s: float, log_level: str = "info") -> None:
+def serve(app: ASGIApp, host: str, port: int, *, grace_s: float, log_level: str = "info",
+          port_file: str | None = None) -> None:
     """Run `app` until SIGTERM or SIGINT, then drain for at most `grace_s` seconds. Logging is the caller's
-    (`configure_logging`): uvicorn's loggers propagate to it."""
+    (`configure_logging`): uvicorn's loggers propagate to it. The socket is bound here rather than in uvicorn's
+    startup, so that the port bound (the system's choice for `port` 0) goes to `port_file` before serving."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_color_message)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level.lower(),
                             timeout_graceful_shutdown=grace_s)
-    asyncio.run(DrainingServer(config).serve())
-    log.info("stopped", extra={"address": f"{host}:{port}"})
+    sock = config.bind_socket()
+    address = f"{host}:{sock.getsockname()[1]}"
+    write_address(port_file, address)
+    asyncio.run(DrainingServer(config).serve(sockets=[sock]))
+    log.info("stopped", extra={"address": address})
 
 
 def _drop_color_message(record: logging.LogRecord) -> bool:

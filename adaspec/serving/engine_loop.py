@@ -140,6 +140,7 @@ class EngineLoop:
             self._wake.clear()
             await self._apply_commands()
             if not self.core.status.get("has_work"):
+                ready_since = None  # what was ready is gone (closed): gathering starts again with the next work
                 continue
             ready_since = ready_since or time.perf_counter()
             wait_until = self._gather_until(ready_since)

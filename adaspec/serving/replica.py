@@ -14,6 +14,7 @@ from adaspec.loadstore import open_load_store, redact
 from adaspec.serving.engine_core import EngineCore, ProcessCore, ThreadCore
 from adaspec.serving.heartbeat import Heartbeat
 from adaspec.serving.logs import configure_logging
+from adaspec.serving.port_file import add_port_file_arg
 from adaspec.serving.server import ServiceHost
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: str) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port, help="0: any free port")
+    add_port_file_arg(parser)
     parser.add_argument("--replica-id", default=f"{kind}-{os.getpid()}")
     parser.add_argument("--redis", help="publish heartbeats to this Redis URL (without it the coordinator polls)")
     parser.add_argument("--heartbeat-s", type=float, default=0.5, help="heartbeat interval")
@@ -79,7 +81,7 @@ def run_replica(args, kind: str, service_name: str, build, add_to_server) -> Non
 
 
 async def _serve(args, kind: str, service_name: str, build, add_to_server) -> None:
-    host = ServiceHost(kind, [service_name], args.host, args.port, grace_s=args.grace_s)
+    host = ServiceHost(kind, [service_name], args.host, args.port, grace_s=args.grace_s, port_file=args.port_file)
     service = build(args, host.address)
     add_to_server(service, host.server)
     store = open_load_store(args.redis) if args.redis else None

@@ -23,6 +23,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adaspec.serving.port_file import write_address
+
 MAX_MESSAGE_BYTES = 16 * 2**20
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -49,7 +51,7 @@ class ServiceHost:
     """Hosts servicers on one port with standard health checking and server reflection."""
 
     def __init__(self, name: str, service_names: list[str], host: str = "127.0.0.1", port: int = 0,
-                 grace_s: float = 10.0):
+                 grace_s: float = 10.0, port_file: str | None = None):
         self.name, self.service_names = name, service_names
         self.grace_s = grace_s
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -61,6 +63,7 @@ class ServiceHost:
         if self.port == 0:
             raise OSError(f"{name}: cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"
+        write_address(port_file, self.address)  # bound now: a launcher can hand the address on while we start
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:

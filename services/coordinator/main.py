@@ -8,6 +8,7 @@ import logging
 
 from adaspec.loadstore import InProcessLoadStore, open_load_store, redact
 from adaspec.serving.logs import configure_logging
+from adaspec.serving.port_file import add_port_file_arg
 from adaspec.serving.server import ServiceHost
 from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 from adaspec.v1 import coordinator_pb2_grpc
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0: any free port")
+    add_port_file_arg(parser)
     parser.add_argument("--redis", help="Redis URL of the shared load store (default: in-process, polling replicas)")
     parser.add_argument("--verify", default="", help="verify replica addresses, comma-separated (polled without Redis)")
     parser.add_argument("--draft", default="", help="draft replica addresses, comma-separated (polled without Redis)")
@@ -63,7 +65,8 @@ async def _serve(args) -> None:
     service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, view, args.policy,
                                  args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None),
                                  args.draft_timeout_s)
-    host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s)
+    host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s,
+                       port_file=args.port_file)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
     await host.start()
     log.info("ready", extra={"address": host.address, "load_store": service.store_name})

@@ -51,7 +51,7 @@ class DraftTarget:
     def status(self) -> dict:
         free, total = self.engine.kv_usage()
         return {"has_work": bool(self._pending), "free_kv_blocks": free, "total_kv_blocks": total,
-                "queued_tokens": sum(w.budget.max_tokens for w in self._pending.values()),
+                "queued_tokens": self.engine.queued_tokens(self._pending),
                 "latency_coef": list(self.engine.latency.model.coef), "mean_context": self.engine.mean_context,
                 "step_batch": self.engine.mean_batch}
 

@@ -65,6 +65,7 @@ class VerifyTarget:
     def status(self) -> dict:
         scheduler, blocks = self.engine.scheduler, self.engine.target_runner.kv_cache.blocks
         planner = self.engine.planner
+        # queued_tokens: committed tokens not in the cache yet (ReplicaLoad), mostly prompts waiting for prefill
         pending_prompt = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in scheduler.running
                              if s.seq_id in blocks) + sum(len(s.token_ids) for s in scheduler.waiting)
         return {"has_work": self.engine.has_ready_work(), "waiting": len(scheduler.waiting),
