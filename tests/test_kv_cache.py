@@ -91,18 +91,3 @@ def test_pool_is_whole_after_abort_and_error(bundled_engine):
     finally:
         engine._verify = original
     assert engine.kv_usage() == whole and not engine.has_unfinished()
-
-
-def test_draft_cache_receives_tokens_on_steps_without_drafts(bundled_engine):
-    """k = 0 steps (here: policy fixed:0) still feed every committed token into the draft's cache."""
-    engine = bundled_engine
-    request_id = engine.add_request("import re\n", SamplingParams(max_tokens=30, temperature=0.0), policy="fixed:0")
-    seq = engine._sequences[request_id]
-    try:
-        for _ in range(5):
-            engine.step()
-            if seq.stats.steps:
-                assert engine.drafter.blocks.num_tokens(request_id) == len(seq.token_ids) - 1
-    finally:
-        engine.abort(request_id)
-        engine.pop_output(request_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from adaspec import SamplingParams
 from adaspec.engine.draft_engine import DraftEngine, DraftWork
 from adaspec.engine.verify_engine import VerifyEngine
-from adaspec.policy import DraftBudget
+from adaspec.speculation.draft_budget import DraftBudget
 from adaspec.v1 import common_pb2
 from services.draft.core import DraftTarget
 from services.verify.core import VerifyTarget
