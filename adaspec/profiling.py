@@ -52,7 +52,8 @@ def run_profile(args) -> int:
     for name, model in (("t_v", profile.verify), ("t_d", profile.draft)):
         if model is not None:
             w = model.coef
-            print(f"{name}(b, n, c) = {w[0]:.3f} + {w[1]:.4f} b + {w[2]:.4f} n + {w[3]:.5f} n c/1000  ms")
+            print(f"{name}(b, n, c) = {w[0]:.3f} + {w[1]:.4f} b + {w[2]:.4f} n + {w[3]:.4f} b c/1000 "
+                  f"+ {w[4]:.4f} n c/1000  ms")
     for name, e in errors.items():
         print(f"{name}: held-out error on {e['held_out_shapes']} shapes: median {e['median_abs_pct']:.1f} %, "
               f"p90 {e['p90_abs_pct']:.1f} %")

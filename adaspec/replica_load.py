@@ -36,7 +36,7 @@ class ReplicaLoad:
     acceptance_rate: float = 0.0   # EWMA over verify steps with drafts of accepted / drafted
     tokens_per_step: float = 0.0   # tokens committed per session step (EWMA), verify replicas
     updated_at: float = 0.0  # time.time() of the heartbeat
-    latency_coef: list[float] = field(default_factory=list)  # its latency model [w0..w3] (latency_profile)
+    latency_coef: list[float] = field(default_factory=list)  # its latency model [w0..w4] (latency_profile)
     acceptance_counts: list[float] = field(default_factory=list)  # verify: calibration counts (acceptance)
     mean_context: float = 0.0  # mean context of its sequences (EWMA)
     step_tokens: float = 0.0   # verify: query tokens per session step, drafts + 1 (EWMA)

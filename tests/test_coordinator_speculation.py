@@ -17,8 +17,8 @@ from services.coordinator.load_view import LoadView
 from services.coordinator.router import NoCapacity, RouteRequest, Router
 from services.coordinator.speculation import RequestSpeculation, Steps
 
-VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.02))
-DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.005))
+VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.0, 0.02))
+DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.0, 0.005))
 
 
 def verify_load(replica_id: str, coef=VERIFY.coef, sessions: int = 6, **fields) -> ReplicaLoad:

@@ -36,7 +36,7 @@ NUM_TOKENS, TOP_K, TEMPERATURE, SAMPLES = 4, 3, 1.5, 3000
 POLICY_SAMPLES = 1200
 # A machine where a target forward costs 100 ms whatever its size and a draft forward 1 ms: drafting pays
 # at any batch, so every adaptive policy drafts here.
-DRAFTING_PAYS = LatencyProfile(LatencyModel((100.0, 0.0, 0.001, 0.0)), LatencyModel((1.0, 0.0, 0.001, 0.0)))
+DRAFTING_PAYS = LatencyProfile(LatencyModel((100.0, 0.0, 0.001, 0.0, 0.0)), LatencyModel((1.0, 0.0, 0.001, 0.0, 0.0)))
 
 
 class ExplicitBudget(Policy):

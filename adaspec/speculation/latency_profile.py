@@ -2,12 +2,13 @@
 
 One forward of `b` sequences carrying `n` query tokens in total, over a mean context of `c` tokens, costs
 
-    t(b, n, c) = w0 + w1·b + w2·n + w3·n·c/1000     [ms]
+    t(b, n, c) = w0 + w1·b + w2·n + w3·b·c/1000 + w4·n·c/1000     [ms]
 
   w0  reading the weights and launching every layer: paid once per forward whatever its size;
   w1  per-sequence work (block tables, sampling);
   w2  per-token work (the linear layers);
-  w3  attention: each query token reads its sequence's whole context.
+  w3  reading each sequence's cached context (the paged-attention gather: once per sequence);
+  w4  attention scores: each query token against its sequence's whole context.
 
 The coefficients are fitted (non-negative least squares) to forwards measured on the machine
 (`adaspec profile`), and refined online from every step a replica runs. A step of several forwards
@@ -26,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-NUM_FEATURES = 4
-CONTEXT_UNIT = 1000.0  # w3 is per query token per thousand context tokens
+NUM_FEATURES = 5
+CONTEXT_UNIT = 1000.0  # w3 and w4 are per thousand context tokens
 MIN_FORWARD_MS = 1e-3
 
 
 def forward_features(batch: int, tokens: int, context: float) -> tuple[float, ...]:
-    """The features of one forward: (1, b, n, n·c/1000)."""
-    return (1.0, float(batch), float(tokens), tokens * context / CONTEXT_UNIT)
+    """The features of one forward: (1, b, n, b·c/1000, n·c/1000)."""
+    return (1.0, float(batch), float(tokens), batch * context / CONTEXT_UNIT, tokens * context / CONTEXT_UNIT)
 
 
 def step_features(forwards: Iterable[tuple[int, int, float]]) -> tuple[float, ...]:
@@ -82,7 +83,7 @@ class LatencyModel:
 
     def per_token_ms(self, context: float) -> float:
         """The cost of one more query token in a forward: dt/dn."""
-        return self.coef[2] + self.coef[3] * context / CONTEXT_UNIT
+        return self.coef[2] + self.coef[4] * context / CONTEXT_UNIT
 
     @classmethod
     def fit(cls, samples: Sequence[Sample], weights: Sequence[float] | None = None) -> LatencyModel:
@@ -167,8 +168,9 @@ class LatencyProfile:
 
     def to_dict(self) -> dict:
         return {
-            "format": "adaspec-latency-profile/1",
-            "model": f"t_ms = w0 + w1*batch + w2*tokens + w3*tokens*context/{CONTEXT_UNIT:g}",
+            "format": "adaspec-latency-profile/2",
+            "model": f"t_ms = w0 + w1*batch + w2*tokens + w3*batch*context/{CONTEXT_UNIT:g} "
+                     f"+ w4*tokens*context/{CONTEXT_UNIT:g}",
             "verify": {"coef": list(self.verify.coef), "samples": [s.to_list() for s in self.verify_samples]},
             "draft": None if self.draft is None else {"coef": list(self.draft.coef),
                                                       "samples": [s.to_list() for s in self.draft_samples]},
@@ -177,7 +179,7 @@ class LatencyProfile:
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyProfile:
-        if data.get("format") != "adaspec-latency-profile/1":
+        if data.get("format") != "adaspec-latency-profile/2":
             raise ValueError(f"not an AdaSpec latency profile (format {data.get('format')!r})")
         draft = data.get("draft")
         return cls(
