@@ -98,6 +98,8 @@ def add_stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="draft checkpoint directory (default: the bundled tiny-draft)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"default policy: {POLICY_HELP}")
     parser.add_argument("--threads", type=int, help="torch threads per model process (default: cores / processes)")
+    parser.add_argument("--profile", help="latency profile for the replicas, from `adaspec profile` (default: each "
+                                          "measures a quick one at start)")
     parser.add_argument("--log-dir", help="service logs (default: a temporary directory)")
 
 
@@ -106,7 +108,7 @@ def stack_config(args, port: int = 0):
 
     return StackConfig(verify_replicas=args.verify_replicas, draft_replicas=args.draft_replicas, redis=args.redis,
                        target=args.target, draft=args.draft, policy=args.policy, coordinator_port=port,
-                       threads=args.threads, log_dir=args.log_dir)
+                       threads=args.threads, profile=args.profile, log_dir=args.log_dir)
 
 
 def cmd_up(args) -> int:

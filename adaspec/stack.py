@@ -46,6 +46,7 @@ class StackConfig:
     http_port: int = 0  # 0: any free port
     http_args: list[str] = field(default_factory=list)
     threads: int | None = None  # torch threads per model process (default: cores / model processes)
+    profile: str | None = None  # latency profile for the replicas (`adaspec profile`; default: each measures one)
     log_dir: str | None = None
     ready_timeout_s: float = 120.0
     # `supervise`: a process that dies is restarted at most `restart_budget` times within `restart_window_s`,
@@ -102,7 +103,8 @@ class Stack:
             store = ["--redis", self.redis_url] if self.redis_url else []
             models = c.verify_replicas + c.draft_replicas
             threads = c.threads or max(1, (os.cpu_count() or 1) // max(models, 1))
-            common = ["--host", c.host, "--threads", str(threads), *store]
+            common = ["--host", c.host, "--threads", str(threads), *store,
+                      *(["--profile", c.profile] if c.profile else [])]
             for i in range(c.verify_replicas):
                 self._spawn(f"verify-{i}", ["verify", *common, *(["--target", c.target] if c.target else []),
                                             *c.verify_args])

@@ -81,6 +81,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--target-model", help="target checkpoint directory (default: the bundled tiny-target)")
     where.add_argument("--draft-model", help="draft checkpoint directory (default: the bundled tiny-draft)")
     where.add_argument("--threads", type=POSITIVE_INT, help="torch threads per model process")
+    where.add_argument("--profile", help="latency profile for the replicas (`adaspec profile`; default: each "
+                                         "measures a quick one at start)")
     where.add_argument("--log-dir", help="service logs (default: a temporary directory)")
 
     load = parser.add_argument_group("load")
@@ -161,14 +163,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
         stack_config = StackConfig(verify_replicas=args.verify_replicas, draft_replicas=args.draft_replicas,
                                    redis=args.redis, target=args.target_model, draft=args.draft_model,
-                                   threads=args.threads, log_dir=args.log_dir)
+                                   threads=args.threads, profile=args.profile, log_dir=args.log_dir)
         print("starting the stack (verify, draft, coordinator) ...", file=sys.stderr, flush=True)
         with Stack(stack_config) as stack:
             print(f"coordinator at {stack.address}; service logs in {stack.log_dir}", file=sys.stderr, flush=True)
             results = run_bench(config, stack.address)
         results["stack"] = {"verify_replicas": args.verify_replicas, "draft_replicas": args.draft_replicas,
                             "redis": args.redis, "target_model": args.target_model, "draft_model": args.draft_model,
-                            "threads": args.threads}
+                            "threads": args.threads, "profile": args.profile}
     paths = write_results(results, args.output_json)
     print(f"\nworkload: {results['workload']}\n")
     print(markdown_tables(results))

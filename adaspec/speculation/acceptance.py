@@ -12,8 +12,9 @@ What one verification tells: with n of k drafts accepted, drafts 1..n were accep
 n < k) rejected, each given its predecessors; drafts after n+1 were never tested.
 
 `AcceptanceCalibrator` maps c to a with `NUM_BINS` bins of decayed counts (accepted, tested), each with a
-Beta prior centred on c itself (raw confidence is the starting guess), made monotone in c (pool adjacent
-violators). Its counts are plain numbers, so replicas publish them in their heartbeat and coordinators
+Beta prior centred on a typical acceptance (`PRIOR_ACCEPTANCE`, the same in every bin: raw confidence is a
+poor starting guess, a small draft's softmax is flat: tokens it gives 0.15 were accepted 94 % of the time
+here), made monotone in c (pool adjacent violators). Its counts are plain numbers, so replicas publish them in their heartbeat and coordinators
 merge them into the global prior. `RequestAcceptance` adjusts it to one request: a request whose tokens
 are easier or harder than the average shows it in a few steps.
 """
@@ -25,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 NUM_BINS = 10
-PRIOR_TOKENS = 4.0  # strength of the prior (raw confidence) in each bin, in tokens
-DECAY = 0.998  # per observed token: old outcomes fade, so the calibration follows the workload
+PRIOR_TOKENS = 4.0  # strength of the prior in each bin, in tokens
+PRIOR_ACCEPTANCE = 0.7  # the prior's acceptance before any outcome is seen
+DECAY = 0.999  # per observed token: old outcomes fade, so the calibration follows the workload
 REQUEST_PRIOR_TOKENS = 8.0  # how many of its own tokens a request needs before they count as much as the prior
 MAX_ACCEPTANCE = 0.995
 
@@ -115,12 +117,12 @@ class AcceptanceCalibrator:
         mode = "greedy" if greedy else "sampled"
         if mode not in self._curves:
             counts, s = self.counts[mode], self.prior_tokens
-            estimates = [(counts.accepted[i] + s * _centre(i)) / (counts.tested[i] + s) for i in range(NUM_BINS)]
+            estimates = [(counts.accepted[i] + s * PRIOR_ACCEPTANCE) / (counts.tested[i] + s) for i in range(NUM_BINS)]
             weights = [counts.tested[i] + s for i in range(NUM_BINS)]
             self._curves[mode] = AcceptanceCurve(tuple(min(MAX_ACCEPTANCE, a) for a in _monotone(estimates, weights)))
         return self._curves[mode]
 
-    def mean_acceptance(self, greedy: bool, default: float = 0.7) -> float:
+    def mean_acceptance(self, greedy: bool, default: float = PRIOR_ACCEPTANCE) -> float:
         """The acceptance of a draft token before its confidence is known: observed accepted / tested."""
         counts = self.counts["greedy" if greedy else "sampled"]
         tested = sum(counts.tested)

@@ -18,7 +18,8 @@ worse than before where that is already lost), nor past `step_cap_ms`.
 The plan also yields what the drafter needs to decide on live confidences: each request's threshold on
 P_j (the cost of its last planned token, its own verification plus its share of the draft forward, in the
 plan's goodput, over its weight) and its cap: the most drafts the SLOs allow, and no deeper than the
-deepest planned depth unless even a certain token would pay for a draft forward of its own.
+deepest planned depth unless the request is alone in its step and even a certain token would pay for a
+draft forward of its own.
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ class Plan:
 
 
 def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[float],
-         allowed_ms: Sequence[float], caps: Sequence[int]) -> Plan:
+         allowed_ms: Sequence[float], caps: Sequence[int], switch_margin: float = 0.0) -> Plan:
     """Choose k_i for every request (module docstring). `curves[i]`: P_i1, P_i2, … (at least caps[i] long);
     `allowed_ms[i]`: the time per token request i may take (inf: no constraint); `caps[i]`: its room.
 
     Depth by depth: a draft forward costs the same for one row as for several, so each depth is opened for
     the requests whose next token is worth most, as many as raise the goodput (a prefix of them, best
-    first), or not at all; no deeper depth can pay where this one does not (P only falls with depth)."""
+    first), or not at all; no deeper depth can pay where this one does not (P only falls with depth).
+    `switch_margin`: the first depth opens only if it raises the goodput by this fraction (> 0: the requests
+    were not drafting; < 0: they were), so a step near the break-even point does not flip between drafting
+    and not: each switch costs more than the model sees (a draft session to catch up, steps out of phase)."""
     n = len(curves)
     load = ctx.load
     ks, expected = [0] * n, [1.0] * n
@@ -107,7 +111,7 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
     for depth in range(1, max(caps, default=0) + 1):
         candidates = sorted((i for i in range(n) if ks[i] == depth - 1 and caps[i] >= depth),
                             key=lambda i: -weights[i] * curves[i][depth - 1])
-        best_m, best_goodput, gain = 0, value / step, 0.0
+        best_m, best_goodput, gain = 0, value / step * (1.0 + (switch_margin if depth == 1 else 0.0)), 0.0
         for m, i in enumerate(candidates, 1):
             gain += weights[i] * curves[i][depth - 1]
             goodput = (value + gain) / (step + m * token_ms + forward_ms(m, depth))
@@ -127,13 +131,14 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
             share_ms[i] = token_ms + forward_ms(best_m, depth) / best_m
     goodput = value / step
     thresholds = [goodput * share_ms[i] / weights[i] for i in range(n)]
-    # Past the deepest planned depth a draft costs a forward of its own, which the whole step waits for: a
-    # request may go there on live confidence only if a certain token (P = 1) would be worth that.
+    # Past the deepest planned depth a draft costs a forward of its own, which the whole step waits for: only a
+    # request alone in its step may go there on live confidence, and only if a certain token (P = 1) would be
+    # worth that.
     deepest = max(ks, default=0)
     alone_ms = token_ms + forward_ms(1, deepest + 1)
+    alone = load.batch == 1 and goodput * alone_ms / weights[0] < 1.0 if n == 1 else False
     limits = [_slo_cap(ctx, ks, i, caps[i], allowed_ms, expected, step) for i in range(n)]
-    limits = [lim if goodput * alone_ms / weights[i] < 1.0 else min(lim, max(deepest, ks[i]))
-              for i, lim in enumerate(limits)]
+    limits = [lim if alone else min(lim, deepest) for lim in limits]
     return Plan(ks, step, goodput, thresholds, limits)
 
 

@@ -136,6 +136,7 @@ class RequestRun:
                              tpot_slo_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
         self.speculation = RequestSpeculation(steps, spec.policy, state, p.max_tokens)
         self.asked_draft = False  # the draft session was asked for this step's drafts
+        self.next_plain = False  # the next step will not draft either: it may go ahead of this one's reply
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
         ok = False
@@ -211,12 +212,15 @@ class RequestRun:
 
     async def propose(self, reply: verify_pb2.VerifyResponse) -> None:
         """The policy's budget for the next step (capped by the room left); unless it is 0, ask the draft to
-        commit what it has not seen and draft within it; `drafts()` reads them."""
+        commit what it has not seen and draft within it; `drafts()` reads them. A step at k = 0 that went ahead
+        of this reply is the next step already: the budget then only says whether the one after may go ahead
+        too (switching back to drafting costs one step at k = 0, never a round trip per step)."""
         self.asked_draft = False
         if self.draft is None:
             return
         budget = self.speculation.budget(min(reply.max_draft_tokens, self.max_spec_len))
-        if not budget.max_tokens:
+        self.next_plain = not budget.max_tokens
+        if self.next_plain or self.verify.sent_ahead:
             return  # k = 0: the draft is not asked; it catches up when it next drafts
         catch_up = self.speculation.take_catch_up()
         step = draft_pb2.DraftStep(num_accepted=catch_up.num_accepted, token_ids=catch_up.token_ids,
@@ -252,8 +256,10 @@ class RequestRun:
         request resumed on another replica)."""
         message = verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent)
         try:
-            # Without a draft session every step is the same empty one: keep the next one in flight.
-            reply = await self.verify.exchange(message, next_message=message if self.draft is None else None)
+            # A step without drafts followed by another (no draft session, or a policy at k = 0): the next one goes
+            # out now, so the replica finds it waiting instead of waiting a round trip through the coordinator.
+            ahead = self.draft is None or (not drafts.token_ids and self.next_plain)
+            reply = await self.verify.exchange(message, next_message=message if ahead else None)
         except grpc.aio.AioRpcError as error:
             replica = self.verify.replica
             if error.code() not in PASS_THROUGH and error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:

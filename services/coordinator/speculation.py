@@ -9,10 +9,15 @@ gets the step as the pure core sees it:
   - the time outside the forwards on that replica (network, gathering: the observed step time of steps
     without drafts minus the model's prediction), and what a step that drafts costs besides its draft
     forwards (the draft replica's round trip, the same way from steps with drafts), each averaged over this
-    coordinator's requests there;
-  - the SLO cap: the longest step this coordinator's other requests on that replica can take and still
-    meet their TPOT SLOs.
-After each verification the request's acceptance and its policy hear the outcome.
+    coordinator's requests there. The second is a recent median, only measured while requests draft: left
+    alone it decays (half-life `STALE_HALF_LIFE_S`), so a replica whose drafting once looked dear is tried
+    again.
+A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
+request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
+draft together share the draft forwards, which no request planning alone could count on. That joint plan is
+reused by the group's requests for `PLAN_TTL_S` (their replies of one step arrive together). The other
+sessions of the replica (other policies, other coordinators) are its load, as in the engine; the SLOs of
+this coordinator's requests outside the group cap the step.
 
 Tokens committed while a request drafts nothing are kept (`CatchUp`) and sent with its next draft step,
 so a step at k = 0 never waits for the draft replica.
@@ -21,9 +26,11 @@ so a step at k = 0 never waits for the draft replica.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
@@ -33,18 +40,47 @@ from adaspec.speculation.policies import Policy, make_policy
 from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
 from services.coordinator.load_view import LoadView, latency_model
 
+log = logging.getLogger(__name__)
 OVERHEAD_WEIGHT = 0.05
+DRAFT_SAMPLES = 32
+STALE_HALF_LIFE_S = 3.0
+PLAN_TTL_S = 0.005  # a joint plan serves the group's requests that ask within this (one step's replies)
+
+
+class RecentMedian:
+    """The median of the last `DRAFT_SAMPLES` samples (one step held up by something else moves it little), which
+    decays toward 0 while no new sample comes (`STALE_HALF_LIFE_S`)."""
+
+    def __init__(self):
+        self.samples: deque[float] = deque(maxlen=DRAFT_SAMPLES)
+        self.at = 0.0
+
+    def add(self, sample_ms: float, now: float) -> None:
+        self.samples.append(sample_ms)
+        self.at = now
+
+    def now(self, now: float) -> float:
+        return statistics.median(self.samples) * 0.5 ** ((now - self.at) / STALE_HALF_LIFE_S) if self.samples else 0.0
+
+
+@dataclass
+class JointPlan:
+    at: float
+    budgets: dict[RequestSpeculation, DraftBudget]
+    forward_ms: float  # the planned step's forwards, overheads excluded
 
 
 class Steps:
-    """Coordinator-wide: the policy instances, the requests on each verify replica, each replica's overhead."""
+    """Coordinator-wide: the policy instances, the requests on each verify replica, each replica's overheads."""
 
     def __init__(self, view: LoadView, max_spec_len: int):
         self.view, self.max_spec_len = view, max_spec_len
         self.policies: dict[str, Policy] = {}
         self.on_replica: dict[str, set[RequestSpeculation]] = defaultdict(set)
         self.overhead_ms: dict[str, float] = {}  # per verify replica: a step's time outside its forwards
-        self.draft_overhead_ms: dict[str, float] = {}  # per verify replica: what drafting adds besides the forwards
+        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per verify replica: what drafting
+        # adds besides the draft forwards
+        self._plans: dict[tuple[str, Policy], JointPlan] = {}
 
     def policy(self, spec: str) -> Policy:
         """This coordinator's instance of a policy (raises ValueError for a bad string)."""
@@ -53,16 +89,54 @@ class Steps:
             self.policies[key] = make_policy(key, self.max_spec_len)
         return self.policies[key]
 
-    def step_cap_ms(self, replica_id: str, asking: RequestSpeculation) -> float:
-        """The longest step the other requests on the replica allow: each may take its allowed time per token
-        times the tokens it expects per step."""
-        caps = [r.state.allowed_token_ms() * r.expected for r in self.on_replica.get(replica_id, ()) if r is not asking]
+    def step_cap_ms(self, replica_id: str, planned: list[RequestSpeculation]) -> float:
+        """The longest step this coordinator's other requests on the replica allow: each may take its allowed time
+        per token times the tokens it expects per step."""
+        caps = [r.state.allowed_token_ms() * r.expected for r in self.on_replica.get(replica_id, ())
+                if r not in planned]
         return min((c for c in caps if math.isfinite(c)), default=math.inf)
 
-    @staticmethod
-    def observe(averages: dict[str, float], replica_id: str, sample_ms: float) -> None:
-        old = averages.get(replica_id)
-        averages[replica_id] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
+    def joint_budget(self, asking: RequestSpeculation) -> tuple[DraftBudget, float]:
+        """`asking`'s budget from its policy's plan of every request of this coordinator on its replica that uses
+        the policy (module docstring), and the planned step's forward time."""
+        key = (asking.verify_id, asking.policy)
+        now = time.perf_counter()
+        plan = self._plans.get(key)
+        if plan is None or now - plan.at > PLAN_TTL_S or asking not in plan.budgets:
+            group = [r for r in self.on_replica[asking.verify_id] if r.policy is asking.policy] or [asking]
+            for r in group:
+                r.update(now)
+            ctx = asking.context(group)
+            if ctx is None:
+                return NO_DRAFTS, 0.0
+            budgets = asking.policy.budgets([r.state for r in group], ctx)
+            without_overheads = dataclasses.replace(ctx, load=dataclasses.replace(
+                ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0))
+            plan = JointPlan(now, dict(zip(group, budgets)),
+                             step_time_ms(without_overheads, [b.max_tokens for b in budgets]))
+            self._plans[key] = plan
+            for r, budget in plan.budgets.items():
+                r.expect(budget.max_tokens)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("plan", extra={"replica": asking.verify_id, "policy": str(asking.policy),
+                                         "ks": [b.max_tokens for b in budgets],
+                                         "thresholds": [round(b.min_accept_prob, 3) for b in budgets],
+                                         "forward_ms": round(plan.forward_ms, 2), "batch": ctx.load.batch,
+                                         "overhead_ms": round(ctx.load.overhead_ms, 2),
+                                         "draft_overhead_ms": round(ctx.load.draft_overhead_ms, 2),
+                                         "rates": [round(r.state.acceptance.rate(
+                                             ctx.calibrator.mean_acceptance(r.state.greedy)), 2) for r in group]})
+        return plan.budgets[asking], plan.forward_ms
+
+    def observe_overhead(self, replica_id: str, sample_ms: float) -> None:
+        old = self.overhead_ms.get(replica_id)
+        self.overhead_ms[replica_id] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
+
+    def observe_draft_overhead(self, replica_id: str, sample_ms: float, now: float) -> None:
+        self.draft_overhead[replica_id].add(sample_ms, now)
+
+    def draft_overhead_ms(self, replica_id: str, now: float) -> float:
+        return self.draft_overhead[replica_id].now(now)
 
 
 @dataclass
@@ -81,51 +155,61 @@ class RequestSpeculation:
         self.catch_up = CatchUp()
         self.verify_id: str | None = None
         self.draft_id: str | None = None
-        self.in_step: list[float] = []  # confidences of the drafts being verified now
         self.expected = 1.0  # the tokens the request expects per step at its current k
         self.curve_sent: tuple[float, ...] | None = None
         self.asked_at: float | None = None  # when the current step's budget was given
-        self.step_context: StepContext | None = None  # the step as the budget saw it
+        self.forward_ms: float | None = None  # the model's forward time for the current step (None: no model)
+        self.overhead_ms = 0.0  # the replica's overhead when the budget was given
+        self.has_drafted = False  # a first draft step also prefills the draft session: it is not a fair sample
 
     def on_verify(self, replica_id: str | None) -> None:
         """The request now runs on this verify replica (None: on none)."""
         if self.verify_id is not None:
             self.steps.on_replica[self.verify_id].discard(self)
-        self.verify_id, self.step_context = replica_id, None  # a step that moved replicas times nothing
+        self.verify_id, self.forward_ms = replica_id, None  # a step that moved replicas times nothing
         if replica_id is not None:
             self.steps.on_replica[replica_id].add(self)
 
-    def context(self) -> StepContext | None:
-        """The step as the pure core sees it; None while the verify replica's heartbeat has no latency model."""
+    def context(self, planned: list[RequestSpeculation]) -> StepContext | None:
+        """The step as the pure core sees it, for `planned` requests of this coordinator planned together (the
+        rest of the replica's step is their load); None while the heartbeat has no latency model."""
         view = self.steps.view
         verify = view.get(self.verify_id) if self.verify_id else None
         model = latency_model(verify)
         if model is None:
             return None
         draft = view.get(self.draft_id) if self.draft_id else None
-        batch = max(1, round(verify.step_batch) if verify.step_batch else verify.sessions)
+        batch = max(len(planned), round(verify.step_batch) if verify.step_batch else verify.sessions, 1)
+        others = batch - len(planned)
         load = StepLoad(
-            batch=batch, other_tokens=round((verify.step_tokens or 1.0) * (batch - 1)),
-            other_yield=(verify.tokens_per_step or 1.0) * (batch - 1),
+            batch=batch, other_tokens=round((verify.step_tokens or 1.0) * others),
+            other_yield=(verify.tokens_per_step or 1.0) * others,
             context=verify.mean_context or float(self.state.context_tokens),
-            draft_batch=max(0, round(draft.step_batch) - 1) if draft is not None else 0,
+            draft_batch=max(0, round(draft.step_batch) - len(planned)) if draft is not None else 0,
             overhead_ms=self.steps.overhead_ms.get(self.verify_id, 0.0),
-            draft_overhead_ms=self.steps.draft_overhead_ms.get(self.verify_id, 0.0),
-            step_cap_ms=self.steps.step_cap_ms(self.verify_id, self) if self.policy.needs_profile else math.inf)
+            draft_overhead_ms=self.steps.draft_overhead_ms(self.verify_id, time.perf_counter()),
+            step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned))
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
     def budget(self, room: int) -> DraftBudget:
         """This step's draft budget from the request's policy, at most `room` drafts."""
-        self._update()
-        self.asked_at = time.perf_counter()
-        self.step_context = ctx = self.context()
-        if ctx is None and self.policy.needs_profile:
-            return NO_DRAFTS
-        budget = self.policy.budgets([self.state], ctx or self._no_load())[0].capped(
-            min(room, self.steps.max_spec_len))
+        now = time.perf_counter()
+        self.update(now)
+        self.asked_at = now
+        if self.policy.needs_profile and self.verify_id is not None:
+            budget, self.forward_ms = self.steps.joint_budget(self)
+        else:  # a rule of its own per request: itself alone, the replica's step its load
+            ctx = self.context([self])
+            budget = self.policy.budgets([self.state], ctx or self._no_load())[0]
+            self.forward_ms = None if ctx is None else step_time_ms(dataclasses.replace(ctx, load=dataclasses.replace(
+                ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0)), [budget.max_tokens])
+            self.expect(budget.max_tokens)
+        self.overhead_ms = self.steps.overhead_ms.get(self.verify_id, 0.0) if self.verify_id else 0.0
+        return budget.capped(min(room, self.steps.max_spec_len))
+
+    def expect(self, k: int) -> None:
         rate = self.state.acceptance.rate(self.steps.view.calibrator.mean_acceptance(self.state.greedy))
-        self.expected = expected_tokens(geometric_curve(rate, budget.max_tokens))
-        return budget
+        self.expected = expected_tokens(geometric_curve(rate, k))
 
     def _no_load(self) -> StepContext:
         """For the policies that read no load and no latency model, before a replica's heartbeat says them."""
@@ -143,40 +227,39 @@ class RequestSpeculation:
         now = time.perf_counter()
         if self.first_token is None:
             self.first_token = now
-        elif self.step_context is not None and self.verify_id is not None:
-            self._observe_step((now - self.asked_at) * 1e3, len(confidences))
+        elif self.forward_ms is not None and self.verify_id is not None:
+            self._observe_step((now - self.asked_at) * 1e3, bool(confidences), now)
         if confidences:
             calibrated = self.steps.view.calibrator.curve(self.state.greedy)
             self.state.acceptance.observe(confidences, num_accepted, calibrated)
-            self.policy.observe([self.state], self.context() or self._no_load(), [len(confidences)], [num_accepted])
+            if not self.policy.needs_profile:  # the batch rules learn nothing per request
+                self.policy.observe([self.state], self.context([self]) or self._no_load(), [len(confidences)],
+                                    [num_accepted])
         if self.catch_up.num_accepted is None:
             self.catch_up.num_accepted = num_accepted if confidences else 0
         self.catch_up.token_ids += token_ids
         self.state.output_tokens += len(token_ids)
         self.state.context_tokens += len(token_ids)
 
-    def _observe_step(self, elapsed_ms: float, drafted: int) -> None:
+    def _observe_step(self, elapsed_ms: float, drafted: bool, now: float) -> None:
         """The step's time beyond its predicted forwards: the replica's overhead (a step without drafts), or what
-        drafting added besides the draft forwards (a step with)."""
-        ctx = self.step_context
-        forwards = dataclasses.replace(ctx, load=dataclasses.replace(ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0))
-        beyond = elapsed_ms - step_time_ms(forwards, [drafted])
-        if drafted:
-            self.steps.observe(self.steps.draft_overhead_ms, self.verify_id, max(0.0, beyond - ctx.load.overhead_ms))
-        else:
-            self.steps.observe(self.steps.overhead_ms, self.verify_id, max(0.0, beyond))
+        drafting added besides the draft forwards (a step with; not the session's first, which prefills it)."""
+        beyond = elapsed_ms - self.forward_ms
+        if not drafted:
+            self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
+        elif self.has_drafted:
+            self.steps.observe_draft_overhead(self.verify_id, max(0.0, beyond - self.overhead_ms), now)
+        self.has_drafted |= drafted
 
     def take_catch_up(self) -> CatchUp:
         """What the next draft step carries; the draft session's drafts are then outstanding."""
         catch_up, self.catch_up = self.catch_up, CatchUp(num_accepted=None)
         return catch_up
 
-    def _update(self) -> None:
-        now = time.perf_counter()
+    def update(self, now: float) -> None:
         self.state.remaining_tokens = self.max_tokens - self.state.output_tokens
         self.state.since_arrival_s = now - self.start
         self.state.since_first_token_s = None if self.first_token is None else now - self.first_token
 
     def close(self) -> None:
         self.on_verify(None)
-
