@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 MAX_SEED = 2**63 - 1
@@ -25,8 +26,8 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        def fail(name: str, why: str) -> None:
-            raise ValueError(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
+        def fail(name: str, why: str) -> None:  # quotes at most 80 characters of the value: errors travel
+            raise ValueError(f"SamplingParams.{name} {why}, got {reprlib.repr(getattr(self, name))}")
 
         if isinstance(self.stop, str):
             self.stop = [self.stop]

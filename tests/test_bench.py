@@ -3,6 +3,7 @@ against a real stack (bundled models, in-process load store) through the runner 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -222,7 +223,7 @@ def test_run_order_interleaves_and_rotates() -> None:
 @pytest.mark.parametrize("argv", [
     ["--request-rate", "0"], ["--request-rate", "x"], ["--burstiness", "-1"], ["--goodput", "itl:5"],
     ["--slo-class", "chat"], ["--policies", "none,,fixed:2"], ["--target", "localhost"], ["--num-requests", "0"],
-    ["--backend", "openai"],
+    ["--backend", "grpc"],
 ])
 def test_bad_options_are_argparse_errors(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -245,7 +246,7 @@ def test_the_bench_does_not_import_torch() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with Stack(StackConfig(log_dir=str(tmp_path_factory.mktemp("bench-stack-logs")))) as running:
+    with Stack(StackConfig(http=True, log_dir=str(tmp_path_factory.mktemp("bench-stack-logs")))) as running:
         yield running
     assert set(running.exit_codes().values()) == {0}, running.exit_report()
 
@@ -314,3 +315,17 @@ def test_invalid_policy_is_recorded_not_fatal(stack) -> None:
     assert (row["requests"], row["failed"], row["warmup_failed"], row["slo_attainment"]) == (3, 3, 1, 0.0)
     assert row["mean_ttft_ms"] is None and row["goodput"] == 0.0
     assert all(r["error_code"] == "INVALID_ARGUMENT" and "policy" in r["error"] for r in results["requests"])
+
+
+def test_the_openai_backend_drives_the_http_api_side_by_side_with_grpc(stack) -> None:
+    """The same workload through AdaSpec's OpenAI-compatible API (`--backend openai`) and its gRPC API: every
+    request completes with the same output tokens, the server's statistics come back, errors carry their status."""
+    config = BenchConfig(policies=["fixed:2"], request_rates=[math.inf], num_requests=3, input_len=16, output_len=6,
+                         warmup_requests=0)
+    grpc_rows = run_bench(config, stack.address)
+    http = run_bench(dataclasses.replace(config, backend="openai"), stack.http_url + "/v1")
+    assert [r["output_tokens"] for r in http["requests"]] == [r["output_tokens"] for r in grpc_rows["requests"]]
+    assert all(r["ok"] and r["server_policy"] == "fixed:2" and r["draft_tokens"] > 0 for r in http["requests"])
+    assert http["rows"][0]["failed"] == 0 and http["rows"][0]["mean_k"] > 0
+    bad = run_bench(dataclasses.replace(config, backend="openai", policies=["no-such-policy"]), stack.http_url + "/v1")
+    assert {r["error_code"] for r in bad["requests"]} == {"INVALID_ARGUMENT"}

@@ -13,6 +13,7 @@ from adaspec.engine.step_planner import StepPlanner
 from adaspec.loadstore import InProcessLoadStore, ReplicaLoad
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
 from adaspec.speculation.step_state import RequestState, StepLoad
+from services.coordinator.leases import Leases
 from services.coordinator.load_view import LoadView
 from services.coordinator.router import NoCapacity, RouteRequest, Router
 from services.coordinator.speculation import RequestSpeculation, Steps
@@ -68,12 +69,12 @@ def test_routing_prefers_the_faster_replica_and_falls_back_in_order_when_one_is_
         fast = verify_load("fast", coef=tuple(c / 2 for c in VERIFY.coef), sessions=10)
         slow = verify_load("slow", sessions=2)
         store, view = await view_of(fast, slow)
-        router = Router(store, view)
+        router = Router(Leases(store), view)
         # a TPOT SLO only the fast replica meets
         request = RouteRequest(prompt_tokens=200, greedy=True, ttft_slo_ms=1000, tpot_slo_ms=1.5)
         first = await router.acquire("verify", "a", request=request)
         for i in range(64 - 1):  # fill the fast replica's leases
-            assert await store.reserve("fast", f"filler-{i}", 64, 60)
+            assert await store.reserve("fast", f"filler-{i}", 64, 60)  # other coordinators' sessions
         second = await router.acquire("verify", "b", request=request)
         for i in range(63):  # and the slow one's, where "b" holds one
             assert await store.reserve("slow", f"more-{i}", 64, 60)

@@ -7,6 +7,8 @@ runs last on it. `test_services_small.py` has a small stack on the in-process st
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import grpc
@@ -28,6 +30,7 @@ PROMPTS = [s + tail for tail in ("", "\n", "    ", "\n\n") for s in HELD_OUT_SNI
 def stack(tmp_path_factory):
     replica = ["--ttl-s", str(TTL_S), "--heartbeat-s", "0.25"]
     config = StackConfig(verify_replicas=2, draft_replicas=1, redis="spawn", verify_args=replica,
+                         coordinator_args=["--lease-s", "3"],
                          draft_args=replica, log_dir=str(tmp_path_factory.mktemp("stack-logs")))
     with Stack(config) as running:
         yield running
@@ -157,6 +160,51 @@ def test_client_deadline_is_honoured_end_to_end(stack):
         client.generate("class A:", max_tokens=2000, temperature=0, ignore_eos=True, timeout=0.5)
     assert time.monotonic() - start < 3.0
     wait_for_baseline(stack, baseline)
+
+
+def leases_on(stack: Stack, kind: str) -> int:
+    async def count():
+        async with RedisLoadStore(stack.redis_url) as store:
+            return sum([await store.reservations(r.replica_id) for r in await store.replicas(kind)])
+
+    return asyncio.run(count())
+
+
+def test_each_session_holds_its_own_lease_whatever_its_request_id(stack):
+    """Two requests with the same (caller-chosen) request id: two leases; the first to end releases its own."""
+    with Client(stack.address) as client:
+        first, second = (client.stream("def f():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none",
+                                       request_id="same") for _ in range(2))
+        next(first), next(second)
+        both = leases_on(stack, "verify")
+        first.close()
+        deadline = time.monotonic() + 5
+        while leases_on(stack, "verify") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        one = leases_on(stack, "verify")
+        second.close()
+    assert (both, one) == (2, 1)
+
+
+def test_while_redis_is_down_requests_are_served_on_the_last_view_and_leases_return_after(stack):
+    """Redis stops answering (SIGSTOP): requests in flight finish, new ones are served on the coordinator's last
+    view of the replicas, no error names an internal address; back, the leases are in Redis again."""
+    with Client(stack.address, timeout=60) as client:
+        held = client.stream("def held():", max_tokens=2000, temperature=0, ignore_eos=True, policy="none")
+        next(held)
+        os.kill(stack.redis.pid, signal.SIGSTOP)
+        try:
+            outs = [client.generate(p, max_tokens=8, temperature=0, policy="fixed:2") for p in PROMPTS[:3]]
+            state = client.cluster_state()
+        finally:
+            os.kill(stack.redis.pid, signal.SIGCONT)
+        assert all(len(o.token_ids) == 8 for o in outs)
+        assert sorted(r.kind for r in state) == ["draft", "verify", "verify"]
+        deadline = time.monotonic() + 15
+        while leases_on(stack, "verify") != 1:  # the held session's lease, renewed back into Redis
+            assert time.monotonic() < deadline, "the held lease never came back to Redis"
+            time.sleep(0.2)
+        held.close()
 
 
 def test_a_verify_replica_killed_mid_stream_is_replaced_and_leaves_the_store(stack, bundled_engine):

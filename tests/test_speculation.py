@@ -15,7 +15,7 @@ from adaspec.speculation.acceptance import (
     expected_calibration_error,
 )
 from adaspec.speculation.draft_budget import DraftBudget, DraftStop
-from adaspec.speculation.efficiency import expected_tokens, geometric_curve, plan, step_time_ms
+from adaspec.speculation.efficiency import expected_tokens, geometric_curve, step_time_ms
 from adaspec.speculation.latency_profile import (
     LatencyModel,
     LatencyProfile,

@@ -74,7 +74,11 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--target", type=_argument(_host_port, "HOST:PORT"),
                        help="HOST:PORT of a running coordinator; without it the bench starts a stack on loopback "
                             "(the options below) and stops it at the end")
-    where.add_argument("--backend", choices=sorted(BACKENDS), default="adaspec", help="how requests reach the server")
+    where.add_argument("--backend", choices=sorted(BACKENDS), default="adaspec",
+                       help="adaspec: the coordinator's gRPC API (--target); openai: any OpenAI-compatible server's "
+                            "/v1/completions (--base-url; without it, the HTTP API of the stack the bench starts)")
+    where.add_argument("--base-url", help="the openai backend's server, e.g. http://127.0.0.1:8000/v1")
+    where.add_argument("--model", help="the openai backend's model name (default: the server's first)")
     where.add_argument("--verify-replicas", type=POSITIVE_INT, default=1)
     where.add_argument("--draft-replicas", type=POSITIVE_INT, default=1)
     where.add_argument("--redis", help="'spawn' (start a local redis-server) or a Redis URL; default: in-process store")
@@ -99,6 +103,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload")
     work.add_argument("--trace", help="azure-code | azure-conv | a CSV with TIMESTAMP,ContextTokens,GeneratedTokens; "
                                       "without it: gamma arrivals and fixed sizes")
+    work.add_argument("--trace-start", type=NON_NEGATIVE, help="with --trace: the window starts at the first row at or "
+                                                                "after this many seconds into the trace (default: a "
+                                                                "row chosen by --seed)")
     work.add_argument("--input-len", type=POSITIVE_INT, default=256, help="prompt tokens, without --trace")
     work.add_argument("--output-len", type=POSITIVE_INT, default=128, help="output tokens, without --trace")
     work.add_argument("--max-prompt-tokens", type=POSITIVE_INT, default=256, help="trace prompt sizes map into this")
@@ -141,11 +148,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         policies=args.policies, request_rates=args.request_rate, burstiness=args.burstiness,
         max_concurrency=args.max_concurrency, num_requests=args.num_requests, warmup_requests=args.warmup_requests,
         seed=args.seed, trace=args.trace, input_len=args.input_len, output_len=args.output_len,
-        max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+        trace_start_s=args.trace_start, max_prompt_tokens=args.max_prompt_tokens,
+        max_output_tokens=args.max_output_tokens,
         min_output_tokens=args.min_output_tokens, dataset=args.dataset,
         tokenizer=args.tokenizer or args.target_model, temperature=args.temperature, ignore_eos=args.ignore_eos,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms, slo_classes=args.slo_class, goodput=args.goodput,
-        rounds=args.rounds, alternate_rates=args.alternate_rates, backend=args.backend,
+        rounds=args.rounds, alternate_rates=args.alternate_rates, backend=args.backend, model=args.model,
         request_timeout_s=args.request_timeout, max_retries=args.max_retries)
 
 
@@ -156,18 +164,21 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from adaspec.bench.runner import run_bench
 
     config = config_from_args(args)
-    if args.target:
-        results = run_bench(config, args.target)
+    if args.base_url and args.backend != "openai" or args.target and args.backend == "openai":
+        raise ValueError("--target is the adaspec backend's coordinator, --base-url the openai backend's server")
+    if args.target or args.base_url:
+        results = run_bench(config, args.target or args.base_url)
     else:
         from adaspec.stack import Stack, StackConfig
 
         stack_config = StackConfig(verify_replicas=args.verify_replicas, draft_replicas=args.draft_replicas,
                                    redis=args.redis, target=args.target_model, draft=args.draft_model,
-                                   threads=args.threads, profile=args.profile, log_dir=args.log_dir)
+                                   threads=args.threads, profile=args.profile, log_dir=args.log_dir,
+                                   http=args.backend == "openai")
         print("starting the stack (verify, draft, coordinator) ...", file=sys.stderr, flush=True)
         with Stack(stack_config) as stack:
             print(f"coordinator at {stack.address}; service logs in {stack.log_dir}", file=sys.stderr, flush=True)
-            results = run_bench(config, stack.address)
+            results = run_bench(config, stack.http_url + "/v1" if args.backend == "openai" else stack.address)
         results["stack"] = {"verify_replicas": args.verify_replicas, "draft_replicas": args.draft_replicas,
                             "redis": args.redis, "target_model": args.target_model, "draft_model": args.draft_model,
                             "threads": args.threads, "profile": args.profile}

@@ -31,6 +31,7 @@ class BenchConfig:
     max_output_tokens: int = 128
     min_output_tokens: int = 16
     dataset: str = "code"
+    trace_start_s: float | None = None  # with a trace: the window's first row is the first at or after this time
     tokenizer: str | None = None  # a checkpoint directory with tokenizer.json; None: the bundled target's
     temperature: float = 0.0
     ignore_eos: bool = True
@@ -41,6 +42,7 @@ class BenchConfig:
     rounds: int = 1
     alternate_rates: bool = False
     backend: str = "adaspec"
+    model: str | None = None  # the `openai` backend's model name (None: the server's first)
     request_timeout_s: float = 600.0
     max_retries: int = 3
 

@@ -34,7 +34,7 @@ async def timed_request(backend: Backend, request: BenchRequest, *, policy: str,
             if delta.tokens:
                 token_times.append(time.perf_counter())
                 tokens += delta.tokens
-            stats = delta.stats or stats
+            stats = {**stats, **delta.stats} if delta.stats else stats  # a server may send them in pieces
     except RequestFailed as error:
         failure = error
     return request_record(request, sent, token_times, tokens, stats, failure)

@@ -48,7 +48,7 @@ async def _run_all(config: BenchConfig, target: str, workload: Workload) -> tupl
     order = run_order(config.policies, config.request_rates, config.rounds, config.alternate_rates)
     runs, records = [], []
     with tqdm(total=len(order) * len(workload.requests), unit="req") as bar:
-        async with open_backend(config.backend, target, timeout_s=config.request_timeout_s,
+        async with open_backend(config.backend, target, model=config.model, timeout_s=config.request_timeout_s,
                                 max_retries=config.max_retries) as backend:
             for round_index, rate, policy in order:
                 bar.set_description(f"round {round_index + 1}/{config.rounds}, {rate_label(rate)} req/s, {policy}")

@@ -3,8 +3,9 @@
 Built once per bench; every (round, rate, policy) run replays it, so that runs differ only in the policy, the
 rate and the machine's noise.
 
-- With a trace: `num_requests` consecutive rows from a seeded start (`adaspec.workload.window`); arrivals keep
-  the trace's gaps up to one factor per rate (the bursts are kept), token counts are mapped into the limits.
+- With a trace: `num_requests` consecutive rows from `trace_start_s` (or a seeded start: `adaspec.workload.window`);
+  arrivals keep the trace's gaps up to one factor per rate (the bursts are kept), token counts are mapped into
+  the limits.
 - Without one: vLLM's random dataset at fixed sizes (`input_len`, `output_len`) and its gamma arrivals.
 """
 
@@ -54,7 +55,7 @@ def trace_window(config: BenchConfig) -> tuple[list[TraceRequest], str]:
     `azure-conv` has no bundled statistics, so it needs the file."""
     kw = dict(num_requests=config.num_requests, mean_rate_rps=1.0, max_prompt_tokens=config.max_prompt_tokens,
               max_output_tokens=config.max_output_tokens, min_output_tokens=config.min_output_tokens,
-              seed=config.seed)
+              seed=config.seed, start_s=config.trace_start_s)
     name = AZURE_TRACES.get(config.trace)
     if name is not None:
         path = find_trace(name)
@@ -70,7 +71,7 @@ def trace_window(config: BenchConfig) -> tuple[list[TraceRequest], str]:
         if not path.is_file():
             raise FileNotFoundError(f"--trace {config.trace}: no such file (or azure-code, azure-conv)")
     rows = load_trace(path)
-    start = rows[window_start(rows, None, config.num_requests, config.seed)].arrival_s
+    start = rows[window_start(rows, config.trace_start_s, config.num_requests, config.seed)].arrival_s
     credit = f" Data: {ATTRIBUTION}." if name else ""
     return window(rows, **kw), (f"{config.num_requests} consecutive requests of {path.name} from t={start:.1f} s, "
                                 f"arrivals rescaled to each request rate.{credit}")

@@ -71,6 +71,13 @@ class RedisServer:
             raise RuntimeError("RedisServer is not running")
         return f"unix://{self.socket_path}?db=0"
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (fault tests stop and continue it)."""
+        if self._proc is None:
+            raise RuntimeError("RedisServer is not running")
+        return self._proc.pid
+
     def _log(self) -> str:
         assert self._tmp is not None
         path = Path(self._tmp.name) / "redis.log"

@@ -12,8 +12,8 @@ Per request i with k_i drafts whose cumulative acceptance probabilities are P_i1
 `plan` grows the k_i depth by depth, giving each depth to the requests whose token there is worth most,
 as long as that raises G (a token is worth drafting if it buys more than the step's average). Weights w_i favour
 requests behind their TPOT SLO and discount those comfortably ahead. A token is not added if the step
-would then be longer than what any request's SLO allows it (T / E_m ≤ its allowed time per token, or no
-worse than before where that is already lost), nor past `step_cap_ms`.
+would then push a request that keeps its pace now past it (T / E_m above its allowed time per token: a
+request already behind gets its weight, not a veto), nor past `step_cap_ms`.
 
 The plan also yields what the drafter needs to decide on live confidences: each request's threshold on
 P_j (the cost of its last planned token, its own verification plus its share of the draft forward, in the
@@ -100,11 +100,12 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         return ctx.draft.predict(rows, rows, load.context) + (load.draft_overhead_ms if depth == 1 else 0.0)
 
     def slo_allows(new_step: float, added: set[int], depth: int) -> bool:
+        """No request that meets its pace now is pushed past it (one already behind weighs more instead)."""
         if new_step > load.step_cap_ms:
             return False
         for m in range(n):
             e_new = expected[m] + (curves[m][depth - 1] if m in added else 0.0)
-            if new_step / e_new > allowed_ms[m] and new_step / e_new > step / expected[m]:
+            if new_step / e_new > allowed_ms[m] >= step / expected[m]:
                 return False
         return True
 

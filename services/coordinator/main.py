@@ -37,6 +37,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-tpot-ms", type=float, default=DEFAULT_TPOT_MS,
                         help="TPOT SLO of requests that name none (0: none)")
     parser.add_argument("--view-s", type=float, default=0.25, help="how often the replicas' load is read")
+    parser.add_argument("--lease-s", type=float, default=30.0,
+                        help="capacity leases expire this long after their last renewal (a dead coordinator's too)")
     parser.add_argument("--draft-timeout-s", type=float, default=5.0,
                         help="a draft replica that gives no drafts this long is dropped: the request goes on at k = 0")
     parser.add_argument("--poll-s", type=float, default=0.5)
@@ -64,7 +66,8 @@ async def _serve(args) -> None:
     await view.start()
     service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, view, args.policy,
                                  args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None),
-                                 args.draft_timeout_s)
+                                 args.draft_timeout_s, args.lease_s)
+    service.leases.start()
     host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s,
                        port_file=args.port_file)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
@@ -73,6 +76,7 @@ async def _serve(args) -> None:
     try:
         await host.run_until_signal(service.drain)
     finally:
+        await service.leases.stop()
         await view.stop()
         if poller is not None:
             await poller.stop()

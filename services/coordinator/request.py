@@ -136,6 +136,7 @@ class RequestRun:
                              tpot_slo_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
         self.speculation = RequestSpeculation(steps, spec.policy, state, p.max_tokens)
         self.asked_draft = False  # the draft session was asked for this step's drafts
+        self.asked_draft_at = 0.0
         self.next_plain = False  # the next step will not draft either: it may go ahead of this one's reply
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
@@ -180,8 +181,14 @@ class RequestRun:
             open_message.open.prompt = spec.prompt
         else:
             open_message.open.prompt_token_ids[:] = spec.prompt
+        refusal: grpc.Status | None = None  # the last replica's refusal for capacity
         while True:
-            self.verify = await self._open("verify", tried)
+            try:
+                self.verify = await self._open("verify", tried)
+            except RequestFailed as error:  # none left to try: if they refused, say why (not "no replica")
+                if refusal is not None and error.status.code is grpc.StatusCode.UNAVAILABLE:
+                    raise RequestFailed(refusal) from error
+                raise
             self.speculation.on_verify(self.verify.replica.replica_id)
             try:
                 return await self.verify.exchange(open_message)
@@ -192,6 +199,8 @@ class RequestRun:
                     raise RequestFailed(downstream_status(error, failed)) from error
                 if error.code() is grpc.StatusCode.UNAVAILABLE:
                     self.router.mark_failed(failed)
+                if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refusal = downstream_status(error, failed)
                 tried.add(failed.replica_id)
                 log.warning("verify open failed; trying another replica",
                             extra={"request_id": spec.request_id, "replica": failed.replica_id,
@@ -233,7 +242,7 @@ class RequestRun:
                                                                  token_ms=rule.token_ms, hop_ms=rule.hop_ms))
         try:
             await self.draft.call.write(draft_pb2.DraftRequest(step=step, traceparent=self.spec.traceparent))
-            self.asked_draft = True
+            self.asked_draft, self.asked_draft_at = True, time.perf_counter()
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
 
@@ -242,7 +251,9 @@ class RequestRun:
         if self.draft is None or not self.asked_draft:
             return common_pb2.DraftTokens()
         try:
-            return (await asyncio.wait_for(self.draft.receive(), self.draft_timeout_s)).drafts
+            reply = await asyncio.wait_for(self.draft.receive(), self.draft_timeout_s)
+            self.speculation.draft_round_trip((time.perf_counter() - self.asked_draft_at) * 1e3, reply.step_ms)
+            return reply.drafts
         except TimeoutError:
             await self._drop_draft(grpc.aio.AioRpcError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),

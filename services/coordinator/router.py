@@ -5,7 +5,8 @@ one that just failed a request is also skipped locally for `suspect_s`, before i
 Verify replicas are ranked by the request's predicted TTFT and TPOT on each, from its heartbeat and
 latency profile (`adaspec.speculation.routing`): the one that meets the request's SLOs with the most slack
 first, ties by load. Draft replicas by load. The lease is atomic across coordinators (the store's reserve),
-bounded by the replica's own `max_sessions`, and expires by itself if this coordinator dies holding it.
+bounded by the replica's own `max_sessions`, and expires by itself if this coordinator dies holding it
+(`Leases`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from adaspec.loadstore import LoadStore, ReplicaLoad
+from adaspec.loadstore import ReplicaLoad
 from adaspec.speculation import routing
+from services.coordinator.leases import Leases
 from services.coordinator.load_view import LoadView, latency_model
 
 
@@ -39,10 +41,9 @@ class RouteRequest:
 
 
 class Router:
-    def __init__(self, store: LoadStore, view: LoadView, max_spec_len: int = 8, lease_s: float = 3600.0,
-                 suspect_s: float = 5.0):
-        self.store, self.view, self.max_spec_len = store, view, max_spec_len
-        self.lease_s, self.suspect_s = lease_s, suspect_s
+    def __init__(self, leases: Leases, view: LoadView, max_spec_len: int = 8, suspect_s: float = 5.0):
+        self.leases, self.view, self.max_spec_len = leases, view, max_spec_len
+        self.suspect_s = suspect_s
         self._suspect_until: dict[str, float] = {}
 
     async def acquire(self, kind: str, lease_id: str, exclude: set[str] = frozenset(),
@@ -55,10 +56,10 @@ class Router:
             raise NoReplica(f"no live {kind} replica")
         # Leases count sessions being opened now, which the heartbeats do not show yet: a burst must not all
         # go to the replica that looked idlest half a second ago.
-        leases = await asyncio.gather(*(self.store.reservations(r.replica_id) for r in live))
+        leases = await asyncio.gather(*(self.leases.count(r.replica_id) for r in live))
         live = [dataclasses.replace(r, sessions=max(r.sessions, n)) for r, n in zip(live, leases)]
         for replica in self.rank(kind, live, request):
-            if await self.store.reserve(replica.replica_id, lease_id, replica.max_sessions, self.lease_s):
+            if await self.leases.take(replica.replica_id, lease_id, replica.max_sessions):
                 return replica
         raise NoCapacity(f"all {len(live)} {kind} replicas are at capacity")
 
@@ -85,7 +86,7 @@ class Router:
             load.tokens_per_step or 1.0, load.mean_context, latency_model(load))
 
     async def release(self, replica: ReplicaLoad, lease_id: str) -> None:
-        await self.store.release(replica.replica_id, lease_id)
+        await self.leases.release(replica.replica_id, lease_id)
 
     def mark_failed(self, replica: ReplicaLoad) -> None:
         self._suspect_until[replica.replica_id] = time.monotonic() + self.suspect_s

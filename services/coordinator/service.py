@@ -16,19 +16,26 @@ import uuid
 import grpc
 
 from adaspec.errors import abort, invalid_argument_from
-from adaspec.loadstore import LoadStore
+from adaspec.loadstore import LoadStore, LoadStoreUnavailable
 from adaspec.sampling_params import MAX_SEED
 from adaspec.serving.convert import params_from_proto
 from adaspec.serving.link_client import Links
+from adaspec.serving.link_server import MAX_LINK_MESSAGE_BYTES
 from adaspec.serving.server import CHANNEL_OPTIONS
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.coordinator.leases import Leases
 from services.coordinator.load_view import LoadView
 from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
 from services.coordinator.router import Router
 from services.coordinator.speculation import Steps
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+# Limits set on purpose (docs/limits in README): a prompt must reach a replica in one link frame, with room to spare
+# for the rest of the open message; stop strings are searched on every step of the request, so they are few and
+# short (OpenAI allows 4).
 MAX_PROMPT_CHARS = 4 * 2**20
+MAX_PROMPT_BYTES = MAX_LINK_MESSAGE_BYTES - 64 * 2**10
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
 
 
 class Channels:
@@ -51,16 +58,18 @@ class Channels:
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    """`view` must be started (`LoadView.start`) before requests arrive. `default_slo_ms`: (TTFT, TPOT) for
-    requests that name none (None: no SLO)."""
+    """`view` must be started (`LoadView.start`) before requests arrive, and `leases` (`Leases.start`: their
+    renewal). `default_slo_ms`: (TTFT, TPOT) for requests that name none (None: no SLO)."""
 
     def __init__(self, store: LoadStore, store_name: str, channels: Channels, view: LoadView,
                  default_policy: str = "adaspec", max_spec_len: int = 8,
-                 default_slo_ms: tuple[float | None, float | None] = (None, None), draft_timeout_s: float = 5.0):
+                 default_slo_ms: tuple[float | None, float | None] = (None, None), draft_timeout_s: float = 5.0,
+                 lease_s: float = 30.0):
         self.store, self.store_name, self.channels, self.view = store, store_name, channels, view
         self.steps = Steps(view, max_spec_len)
         self.steps.policy(default_policy)  # fail at start-up, not on the first request
-        self.router = Router(store, view, max_spec_len)
+        self.leases = Leases(store, lease_s, renew_s=lease_s / 3)
+        self.router = Router(self.leases, view, max_spec_len)
         self.default_policy, self.max_spec_len = default_policy, max_spec_len
         self.default_ttft_ms, self.default_tpot_ms = default_slo_ms
         self.draft_timeout_s = draft_timeout_s
@@ -90,6 +99,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if len(request.prompt) > MAX_PROMPT_CHARS:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"prompt has {len(request.prompt)} characters; at most {MAX_PROMPT_CHARS}", field="prompt")
+        if len(request.prompt.encode()) > MAX_PROMPT_BYTES or 5 * len(request.prompt_token_ids) > MAX_PROMPT_BYTES:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"prompt is over {MAX_PROMPT_BYTES} bytes encoded", field="prompt")
+        stops = request.params.stop
+        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARS} characters each; got "
+                        f"{len(stops)}, the longest {max(map(len, stops))}", field="params.stop")
         if any(t < 0 for t in request.prompt_token_ids):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "token ids must be >= 0", field="prompt_token_ids")
         try:
@@ -120,9 +137,17 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         )
 
     async def GetClusterState(self, request, context) -> coordinator_pb2.ClusterState:
-        replicas = await self.store.replicas()
-        return coordinator_pb2.ClusterState(replicas=[r.to_proto() for r in replicas],
-                                            load_store=self.store_name, default_policy=self.default_policy)
+        """The replicas as the load store has them now; while it is unavailable, the view requests are served
+        on, and `load_store` says so."""
+        store = self.store_name
+        try:
+            replicas = await self.store.replicas()
+        except LoadStoreUnavailable:
+            replicas = list(self.view.replicas.values())
+            since = self.view.stale_since or self.leases.unavailable_since or time.monotonic()
+            store += f" (unavailable for {time.monotonic() - since:.0f} s: serving on the last view of the replicas)"
+        return coordinator_pb2.ClusterState(replicas=[r.to_proto() for r in replicas], load_store=store,
+                                            default_policy=self.default_policy)
 
     async def drain(self) -> None:
         """Wait for in-flight requests to finish (the host bounds the wait); health is already NOT_SERVING."""

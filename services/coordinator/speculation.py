@@ -7,11 +7,10 @@ gets the step as the pure core sees it:
     their context, its latency model; the draft replica's batch and latency model;
   - the acceptance prior: every verify replica's calibration counts, merged (`LoadView`);
   - the time outside the forwards on that replica (network, gathering: the observed step time of steps
-    without drafts minus the model's prediction), and what a step that drafts costs besides its draft
-    forwards (the draft replica's round trip, the same way from steps with drafts), each averaged over this
-    coordinator's requests there. The second is a recent median, only measured while requests draft: left
-    alone it decays (half-life `STALE_HALF_LIFE_S`), so a replica whose drafting once looked dear is tried
-    again.
+    without drafts minus the model's prediction, averaged over this coordinator's requests there), and what
+    a step that drafts costs besides its draft forwards: the draft replica's round trip less its engine step
+    (which its reply reports), a recent median over this coordinator's requests; only measured while
+    requests draft, so left alone it decays (half-life `STALE_HALF_LIFE_S`) and drafting is tried again.
 A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
 request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
 draft together share the draft forwards, which no request planning alone could count on. That joint plan is
@@ -43,7 +42,7 @@ from services.coordinator.load_view import LoadView, latency_model
 log = logging.getLogger(__name__)
 OVERHEAD_WEIGHT = 0.05
 DRAFT_SAMPLES = 32
-STALE_HALF_LIFE_S = 3.0
+STALE_HALF_LIFE_S = 5.0
 PLAN_TTL_S = 0.005  # a joint plan serves the group's requests that ask within this (one step's replies)
 
 
@@ -78,8 +77,8 @@ class Steps:
         self.policies: dict[str, Policy] = {}
         self.on_replica: dict[str, set[RequestSpeculation]] = defaultdict(set)
         self.overhead_ms: dict[str, float] = {}  # per verify replica: a step's time outside its forwards
-        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per verify replica: what drafting
-        # adds besides the draft forwards
+        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per draft replica: its round
+        # trip less its engine step
         self._plans: dict[tuple[str, Policy], JointPlan] = {}
 
     def policy(self, spec: str) -> Policy:
@@ -132,11 +131,8 @@ class Steps:
         old = self.overhead_ms.get(replica_id)
         self.overhead_ms[replica_id] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
 
-    def observe_draft_overhead(self, replica_id: str, sample_ms: float, now: float) -> None:
-        self.draft_overhead[replica_id].add(sample_ms, now)
-
-    def draft_overhead_ms(self, replica_id: str, now: float) -> float:
-        return self.draft_overhead[replica_id].now(now)
+    def draft_overhead_ms(self, replica_id: str | None, now: float) -> float:
+        return self.draft_overhead[replica_id].now(now) if replica_id else 0.0
 
 
 @dataclass
@@ -159,7 +155,6 @@ class RequestSpeculation:
         self.curve_sent: tuple[float, ...] | None = None
         self.asked_at: float | None = None  # when the current step's budget was given
         self.forward_ms: float | None = None  # the model's forward time for the current step (None: no model)
-        self.overhead_ms = 0.0  # the replica's overhead when the budget was given
         self.has_drafted = False  # a first draft step also prefills the draft session: it is not a fair sample
 
     def on_verify(self, replica_id: str | None) -> None:
@@ -187,7 +182,7 @@ class RequestSpeculation:
             context=verify.mean_context or float(self.state.context_tokens),
             draft_batch=max(0, round(draft.step_batch) - len(planned)) if draft is not None else 0,
             overhead_ms=self.steps.overhead_ms.get(self.verify_id, 0.0),
-            draft_overhead_ms=self.steps.draft_overhead_ms(self.verify_id, time.perf_counter()),
+            draft_overhead_ms=self.steps.draft_overhead_ms(self.draft_id, time.perf_counter()),
             step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned))
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
@@ -204,7 +199,6 @@ class RequestSpeculation:
             self.forward_ms = None if ctx is None else step_time_ms(dataclasses.replace(ctx, load=dataclasses.replace(
                 ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0)), [budget.max_tokens])
             self.expect(budget.max_tokens)
-        self.overhead_ms = self.steps.overhead_ms.get(self.verify_id, 0.0) if self.verify_id else 0.0
         return budget.capped(min(room, self.steps.max_spec_len))
 
     def expect(self, k: int) -> None:
@@ -227,8 +221,9 @@ class RequestSpeculation:
         now = time.perf_counter()
         if self.first_token is None:
             self.first_token = now
-        elif self.forward_ms is not None and self.verify_id is not None:
-            self._observe_step((now - self.asked_at) * 1e3, bool(confidences), now)
+        elif self.forward_ms is not None and self.verify_id is not None and not confidences:
+            beyond = (now - self.asked_at) * 1e3 - self.forward_ms  # a step without drafts: the replica's overhead
+            self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
         if confidences:
             calibrated = self.steps.view.calibrator.curve(self.state.greedy)
             self.state.acceptance.observe(confidences, num_accepted, calibrated)
@@ -241,15 +236,12 @@ class RequestSpeculation:
         self.state.output_tokens += len(token_ids)
         self.state.context_tokens += len(token_ids)
 
-    def _observe_step(self, elapsed_ms: float, drafted: bool, now: float) -> None:
-        """The step's time beyond its predicted forwards: the replica's overhead (a step without drafts), or what
-        drafting added besides the draft forwards (a step with; not the session's first, which prefills it)."""
-        beyond = elapsed_ms - self.forward_ms
-        if not drafted:
-            self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
-        elif self.has_drafted:
-            self.steps.observe_draft_overhead(self.verify_id, max(0.0, beyond - self.overhead_ms), now)
-        self.has_drafted |= drafted
+    def draft_round_trip(self, elapsed_ms: float, step_ms: float) -> None:
+        """A draft step came back after `elapsed_ms`, of which its engine step took `step_ms`: the rest is what
+        drafting costs besides the forwards (not on the session's first step, whose forward also prefills it)."""
+        if self.has_drafted and self.draft_id is not None:
+            self.steps.draft_overhead[self.draft_id].add(max(0.0, elapsed_ms - step_ms), time.perf_counter())
+        self.has_drafted = True
 
     def take_catch_up(self) -> CatchUp:
         """What the next draft step carries; the draft session's drafts are then outstanding."""
