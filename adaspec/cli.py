@@ -10,6 +10,7 @@ import sys
 import time
 
 from adaspec.client._base import DEFAULT_ADDRESS
+from adaspec.service_runtime.transport_security import add_tls_args, read_api_key
 from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 
 POLICY_HELP = " | ".join(POLICY_NAMES)
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--http-port", type=int, default=8000, help="port of the OpenAI-compatible HTTP API")
     up.add_argument("--no-http", action="store_true", help="no HTTP API process")
     up.add_argument("--api-key-file", help="require this file's key as `Authorization: Bearer KEY` on the HTTP API "
-                                           "(or set $ADASPEC_API_KEY)")
+                                           "and the gRPC API (or set $ADASPEC_API_KEY)")
+    up.add_argument("--tls", action="store_true", help="TLS on every endpoint, mutual TLS between the coordinator and "
+                                                       "the replicas, with certificates made for the run (log dir)")
 
     serve = sub.add_parser("serve", help="run one service (what a container runs)")
     services = serve.add_subparsers(dest="service", required=True)
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--ttft-ms", type=float)
     gen.add_argument("--tpot-ms", type=float)
     gen.add_argument("--timeout", type=float, help="deadline in seconds")
+    gen.add_argument("--api-key-file", help="the coordinator's API key (default: $ADASPEC_API_KEY, if set)")
+    add_tls_args(gen, serves=False)
 
     demo = sub.add_parser("demo", help="start the stack on the bundled models and replay the Azure code trace")
     add_stack_args(demo)
@@ -80,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("address", help="HOST:PORT of an AdaSpec gRPC service")
     check.add_argument("--service", default="", help="the gRPC service to ask about (default: the server as a whole)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    add_tls_args(check, serves=False)
+
+    certs = sub.add_parser("certs", help="make a private CA and a service certificate for a local run with TLS "
+                                         "and mutual TLS")
+    certs.add_argument("directory", help="where to write ca.pem, service.pem and service.key")
+    certs.add_argument("--name", action="append", default=[],
+                       help="a host name or IP address the services are reached at (repeatable; localhost and "
+                            "loopback are always in)")
 
     args = parser.parse_args(argv)
     try:
@@ -116,7 +129,7 @@ def cmd_up(args) -> int:
 
     config = stack_config(args, args.port)
     config.http, config.http_port = not args.no_http, args.http_port
-    config.http_args = ["--api-key-file", args.api_key_file] if args.api_key_file else []
+    config.api_key, config.tls = read_api_key(args.api_key_file), args.tls
     stack = Stack(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like Ctrl-C: leave the `with` and stop in order
     print("starting ...", file=sys.stderr)
@@ -125,7 +138,9 @@ def cmd_up(args) -> int:
             print(f"{name:<12} {process.address:<22} log: {process.log_path}")
         if stack.redis_url:
             print(f"{'load store':<12} {stack.redis_url}")
-        print(f"\nready: adaspec generate 'def main():' --address {stack.address}   (Ctrl-C stops the stack)")
+        secure = f" --tls-ca {stack.tls.ca}" if stack.tls else ""
+        secure += f" --api-key-file {args.api_key_file}" if args.api_key_file else ""
+        print(f"\nready: adaspec generate 'def main():' --address {stack.address}{secure}   (Ctrl-C stops the stack)")
         if config.http:
             print(f"       OpenAI-compatible API at {stack.http_url}/v1: curl {stack.http_url}/v1/completions "
                   f"""-H 'Content-Type: application/json' -d '{{"prompt": "def main():", "max_tokens": 32}}'""")
@@ -154,7 +169,8 @@ def cmd_generate(args) -> int:
     from adaspec.errors import AdaSpecError
 
     try:
-        with Client(args.address) as client:
+        with Client(args.address, api_key=read_api_key(args.api_key_file), tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                    tls_key=args.tls_key) as client:
             print(args.prompt, end="", flush=True)
             for chunk in client.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop or None,
@@ -210,10 +226,12 @@ def cmd_healthcheck(args) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    from adaspec.service_runtime.transport_security import channel, tls_from_args
+
+    with channel(args.address, tls_from_args(args), aio=False) as health_channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
-                                                               timeout=args.timeout)
+            reply = health_pb2_grpc.HealthStub(health_channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
         except grpc.RpcError as error:  # unreachable, timed out, or an unknown service (NOT_FOUND)
             print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
@@ -222,8 +240,18 @@ def cmd_healthcheck(args) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def cmd_certs(args) -> int:
+    from adaspec.service_runtime.dev_certificates import make_dev_certificates
+
+    made = make_dev_certificates(args.directory, args.name)
+    print(f"wrote {made.ca}, {made.cert} and {made.key}: run the services with --tls-cert {made.cert} --tls-key "
+          f"{made.key}, dial them with --tls-ca {made.ca} (and require client certificates with --tls-client-ca "
+          f"{made.ca})")
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "serve": cmd_serve, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
-            "profile": cmd_profile, "healthcheck": cmd_healthcheck}
+            "profile": cmd_profile, "healthcheck": cmd_healthcheck, "certs": cmd_certs}
 
 if __name__ == "__main__":
     sys.exit(main())

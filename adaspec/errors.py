@@ -31,6 +31,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
     "abort",
     "bad_request",
@@ -140,10 +141,16 @@ class Internal(AdaSpecError):
     default_code = grpc.StatusCode.INTERNAL
 
 
+class Unauthenticated(AdaSpecError):
+    """No API key, or not the service's (the client's `api_key`, or `$ADASPEC_API_KEY`)."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[AdaSpecError]] = {
     cls.default_code: cls
     for cls in (InvalidArgument, ResourceExhausted, Unavailable, DeadlineExceeded, Cancelled, NotFound,
-                FailedPrecondition, Internal)
+                FailedPrecondition, Internal, Unauthenticated)
 }
 
 

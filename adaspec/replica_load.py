@@ -41,6 +41,7 @@ class ReplicaLoad:
     mean_context: float = 0.0  # mean context of its sequences (EWMA)
     step_tokens: float = 0.0   # verify: query tokens per session step, drafts + 1 (EWMA)
     step_batch: float = 0.0    # sessions per engine step (EWMA)
+    model: str = ""            # the checkpoint it serves (its directory's name)
 
     def to_dict(self) -> dict[str, str]:
         """Every field as a string: the shape of a Redis hash (`repr` keeps floats exact, lists are JSON)."""

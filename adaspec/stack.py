@@ -3,7 +3,7 @@ and optionally the OpenAI-compatible HTTP API in front of it.
 
 What `adaspec up` and `adaspec demo` run, and what the service tests and benchmarks start. Every
 process is a real `adaspec serve ...` on a loopback port, port 0 unless configured: the service binds a port the
-system picks and writes the address to its `--port-file` (`adaspec.serving.port_file`), which this reads, the
+system picks and writes the address to its `--port-file` (`adaspec.service_runtime.port_file`), which this reads, the
 replicas' before the coordinator that is given them starts. `start()` returns once each one reports
 SERVING through standard gRPC health checking (the HTTP process: once its `/health` answers 200, which it
 does once the coordinator serves); `stop()` sends SIGTERM (graceful drain) and escalates to SIGKILL only
@@ -25,8 +25,10 @@ from pathlib import Path
 
 from adaspec.http.readiness import wait_until_healthy
 from adaspec.loadstore import RedisServer
-from adaspec.serving.lifetime import die_with_parent
-from adaspec.serving.server import wait_until_serving
+from adaspec.service_runtime.dev_certificates import make_dev_certificates
+from adaspec.service_runtime.lifetime import die_with_parent
+from adaspec.service_runtime.server import wait_until_serving
+from adaspec.service_runtime.transport_security import TlsFiles
 
 
 @dataclass
@@ -48,6 +50,9 @@ class StackConfig:
     threads: int | None = None  # torch threads per model process (default: cores / model processes)
     profile: str | None = None  # latency profile for the replicas (`adaspec profile`; default: each measures one)
     log_dir: str | None = None
+    metrics: bool = False  # every service serves Prometheus metrics on a free port (`Stack.metrics_url`)
+    tls: bool = False  # TLS everywhere, mutual TLS between coordinator and replicas (certificates made in log_dir)
+    api_key: str | None = None  # required by the coordinator (gRPC) and the HTTP API; the HTTP API presents it
     ready_timeout_s: float = 120.0
     # `supervise`: a process that dies is restarted at most `restart_budget` times within `restart_window_s`,
     # after `restart_backoff_s` (doubled for each restart already in the window): 1 s, 2 s, 4 s
@@ -81,6 +86,7 @@ class Stack:
         self.overstayed: set[str] = set()  # SIGKILLed by `stop`
         self.redis: RedisServer | None = None
         self.redis_url: str | None = None
+        self.tls: TlsFiles | None = None  # with StackConfig.tls: the certificates the services run with
         self.log_dir = Path(self.config.log_dir or tempfile.mkdtemp(prefix="adaspec-stack-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -101,9 +107,10 @@ class Stack:
                 self.redis = RedisServer().start()
                 self.redis_url = self.redis.url
             store = ["--redis", self.redis_url] if self.redis_url else []
+            replica_tls, coordinator_tls, http_tls = self._security_args()
             models = c.verify_replicas + c.draft_replicas
             threads = c.threads or max(1, (os.cpu_count() or 1) // max(models, 1))
-            common = ["--host", c.host, "--threads", str(threads), *store,
+            common = ["--host", c.host, "--threads", str(threads), *store, *replica_tls,
                       *(["--profile", c.profile] if c.profile else [])]
             for i in range(c.verify_replicas):
                 self._spawn(f"verify-{i}", ["verify", *common, *(["--target", c.target] if c.target else []),
@@ -115,10 +122,11 @@ class Stack:
             verify = ",".join(p.address for n, p in self.processes.items() if n.startswith("verify"))
             draft = ",".join(p.address for n, p in self.processes.items() if n.startswith("draft"))
             self._spawn("coordinator", ["coordinator", "--host", c.host, *store, "--verify", verify, "--draft", draft,
-                                        "--policy", c.policy, *c.coordinator_args], port=c.coordinator_port)
+                                        "--policy", c.policy, *coordinator_tls, *c.coordinator_args],
+                        port=c.coordinator_port)
             self._learn_addresses()
             if c.http:
-                self._spawn("http", ["http", "--host", c.host, "--coordinator", self.address,
+                self._spawn("http", ["http", "--host", c.host, "--coordinator", self.address, *http_tls,
                                      *(["--tokenizer", c.target] if c.target else []), *c.http_args], port=c.http_port)
                 self._learn_addresses()
             asyncio.run(self._wait_ready())
@@ -126,6 +134,29 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _security_args(self) -> tuple[list[str], list[str], list[str]]:
+        """The replicas', the coordinator's and the HTTP API's TLS and API key arguments."""
+        c, replicas, coordinator, http = self.config, [], [], []
+        if c.tls:
+            made = make_dev_certificates(self.log_dir / "certs", [c.host])
+            self.tls = TlsFiles(str(made.cert), str(made.key), str(made.ca))
+            own = ["--tls-cert", str(made.cert), "--tls-key", str(made.key)]
+            replicas = [*own, "--tls-client-ca", str(made.ca)]  # only a coordinator with the CA's certificate
+            coordinator = [*own, "--tls-ca", str(made.ca)]
+            http = ["--tls-ca", str(made.ca)]
+        if c.api_key:
+            key_file = self.log_dir / "api-key"
+            key_file.touch(mode=0o600)
+            key_file.write_text(c.api_key)
+            coordinator += ["--api-key-file", str(key_file)]
+            http += ["--api-key-file", str(key_file)]
+        return replicas, coordinator, http
+
+    @property
+    def client_options(self) -> dict:
+        """`Client` / `AsyncClient` arguments for this stack's coordinator (its CA, its API key)."""
+        return {"api_key": self.config.api_key, "tls_ca": self.tls.ca if self.tls else None}
 
     def _spawn(self, name: str, args: list[str], port: int = 0) -> None:
         log_path, port_file = self.log_dir / f"{name}.log", self.log_dir / f"{name}.port"
@@ -138,10 +169,26 @@ class Stack:
                    str(port_file)]
         if name.startswith(("verify", "draft")):
             command += ["--replica-id", name]
+        if self.config.metrics:
+            self._metrics_port_file(name).unlink(missing_ok=True)
+            command += ["--metrics-port", "0", "--metrics-port-file", str(self._metrics_port_file(name))]
         with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+    def _metrics_port_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.metrics.port"
+
+    def metrics_url(self, name: str, timeout_s: float = 10.0) -> str:
+        """The scrape URL of service `name` (`StackConfig.metrics`); its endpoint starts just after its gRPC."""
+        assert self.config.metrics, "StackConfig(metrics=True) serves metrics"
+        path, deadline = self._metrics_port_file(name), time.monotonic() + timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not report its metrics endpoint within {timeout_s:.0f} s")
+            time.sleep(0.05)
+        return f"http://{path.read_text()}/metrics"
 
     def _learn_addresses(self) -> None:
         """Wait until every process started has written the address it bound (early: before its model loads)."""
@@ -164,7 +211,7 @@ class Stack:
             timeout_s = self.config.ready_timeout_s
             waiting = asyncio.ensure_future(
                 wait_until_healthy(f"http://{process.address}/health", timeout_s) if process.name == "http"
-                else wait_until_serving(process.address, timeout_s))
+                else wait_until_serving(process.address, timeout_s, tls=self.tls))
             while not waiting.done():
                 if process.popen.poll() is not None:
                     waiting.cancel()
@@ -177,7 +224,7 @@ class Stack:
         # Let the coordinator see every replica through the load store before the first request.
         from adaspec.client import AsyncClient
 
-        async with AsyncClient(self.address) as client:
+        async with AsyncClient(self.address, **self.client_options) as client:
             expected = self.config.verify_replicas + self.config.draft_replicas
             deadline = time.monotonic() + 10
             while len(await client.cluster_state()) < expected and time.monotonic() < deadline:
@@ -258,7 +305,7 @@ class Stack:
         return "\n".join(lines)
 
     def __enter__(self) -> Stack:
-        return self.start()
+        return self if self.processes else self.start()  # `with Stack(c).start() as s:` starts it once
 
     def __exit__(self, *exc) -> None:
         self.stop()

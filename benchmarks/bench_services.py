@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from bench_engine import held_out_prompts  # noqa: E402 (the script directory is on sys.path)
 from tqdm import tqdm
 
 from adaspec import AsyncClient, Engine, SamplingParams
 from adaspec.stack import Stack, StackConfig
 from adaspec.workload import format_table
-from bench_engine import held_out_prompts  # noqa: E402 (the script directory is on sys.path)
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = [

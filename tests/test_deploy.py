@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from adaspec import cli
-from adaspec.serving.server import ServiceHost
+from adaspec.service_runtime.server import ServiceHost
 from adaspec.v1 import coordinator_pb2, draft_pb2, verify_pb2
+from tests.test_metrics import metrics_table
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -167,17 +168,13 @@ def every_command_line() -> list[list[str]]:
             + [k8s_args(deployment) for deployment in adaspec_deployments().values()])
 
 
-# --- docs/deployment.md's metrics plan
+# --- docs/deployment.md's metrics table
 
 
 @functools.cache
 def planned_metrics() -> dict[str, str]:
-    """{Prometheus name: type} from the "Metrics plan" table of docs/deployment.md."""
-    text = (ROOT / "docs" / "deployment.md").read_text()
-    section = text.split("## Metrics plan", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z_]+)` \| (counter|gauge|histogram) \|", section, flags=re.MULTILINE)
-    assert len(rows) >= 10, "the metrics plan's table was not found"
-    return dict(rows)
+    """{Prometheus name: type} from the metrics table of docs/deployment.md."""
+    return {name: kind for name, (kind, _, _) in metrics_table().items()}
 
 
 def queried_metrics(expr: str) -> set[str]:
@@ -452,7 +449,7 @@ def test_the_dashboard_queries_only_planned_metrics_and_all_of_them():
         metrics = queried_metrics(expr)
         assert metrics, f"queries no AdaSpec metric: {expr}"
         unplanned = metrics - set(planned_metrics())
-        assert not unplanned, f"not in docs/deployment.md's metrics plan: {unplanned}"
+        assert not unplanned, f"not in docs/deployment.md's metrics table: {unplanned}"
         queried |= metrics
     assert queried == set(planned_metrics())
     for metric, kind in planned_metrics().items():

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from adaspec.engine.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
 from adaspec.engine.paths import BUNDLED_TARGET
-from adaspec.serving.detokenizer import StreamingDetokenizer
+from adaspec.service_runtime.streaming_detokenizer import StreamingDetokenizer
 
 TEXTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",

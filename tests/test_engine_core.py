@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from adaspec.serving.engine_core import EngineCoreGone, Failed, ProcessCore
-from adaspec.serving.engine_loop import EngineLoop, EngineStopped
+from adaspec.service_runtime.engine_core import EngineCoreGone, Failed, ProcessCore
+from adaspec.service_runtime.engine_loop import EngineLoop, EngineStopped
 
 
 class EchoTarget:
@@ -145,7 +145,7 @@ def test_stop_during_a_step_ends_the_engine_process_without_waiting_for_the_step
 ORPHAN_PROBE = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    from adaspec.serving.engine_core import ProcessCore
+    from adaspec.service_runtime.engine_core import ProcessCore
     from test_engine_core import EchoTarget
 
     if __name__ == "__main__":

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from adaspec.serving.engine_core import ThreadCore
-from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed
+from adaspec.service_runtime.engine_core import ThreadCore
+from adaspec.service_runtime.engine_loop import EngineLoop, EngineStepFailed
 
 
 class CountingEngine:
@@ -253,9 +253,9 @@ def test_an_open_whose_caller_is_cancelled_leaves_no_session_behind(when):
 
 STEP_THREAD_PROBE = """
 import asyncio, os, sys, torch
-from adaspec.serving.engine_core import ThreadCore
-from adaspec.serving.engine_loop import EngineLoop
-from adaspec.serving.replica import same_torch_threads
+from adaspec.service_runtime.engine_core import ThreadCore
+from adaspec.service_runtime.engine_loop import EngineLoop
+from adaspec.service_runtime.replica import same_torch_threads
 
 torch.set_num_threads(1)
 threads = lambda: len(os.listdir("/proc/self/task"))

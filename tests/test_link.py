@@ -9,8 +9,8 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 from adaspec.errors import abort, from_rpc_error
-from adaspec.serving.link_client import Links
-from adaspec.serving.link_server import MAX_LINK_MESSAGE_BYTES, MAX_UNREAD, LinkServer
+from adaspec.service_runtime.link_client import Links
+from adaspec.service_runtime.link_server import MAX_LINK_MESSAGE_BYTES, MAX_UNREAD, LinkServer
 from adaspec.v1 import common_pb2
 
 METHOD = "/test.Echo/Link"

@@ -12,8 +12,11 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 
+import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec import AsyncClient, Client, SamplingParams
 from adaspec.errors import ResourceExhausted, Unavailable
@@ -26,13 +29,77 @@ from tests.test_services import replica_load
 def small_stack(tmp_path_factory):
     # engines in processes of their own (on CPU the default is a thread; `test_services.py` runs that)
     engine_process = ["--engine-core", "process"]
-    config = StackConfig(verify_replicas=1, draft_replicas=1, draft_args=engine_process,
+    config = StackConfig(verify_replicas=1, draft_replicas=1, draft_args=engine_process, metrics=True,
                          verify_args=["--max-num-seqs", "1", "--max-waiting", "1", *engine_process],
                          coordinator_args=["--ttl-s", "1.5", "--draft-timeout-s", "2"],
                          log_dir=str(tmp_path_factory.mktemp("small-logs")))
     with Stack(config) as stack:
         yield stack
     assert set(stack.exit_codes().values()) == {0}, f"graceful SIGTERM exit expected:\n{stack.exit_report()}"
+
+
+def scrape(stack: Stack, name: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of service `name`'s Prometheus endpoint: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(stack.metrics_url(name), timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_after_a_known_workload(small_stack):
+    """Each service's scrape endpoint, before and after three requests: the coordinator's request, SLO and
+    speculation counts match the requests' own stats; the replicas counted their engine steps and show no
+    session left once the requests are done."""
+    before = {name: scrape(small_stack, name) for name in ("coordinator", "verify-0", "draft-0")}
+    with Client(small_stack.address, max_retries=0, timeout=60) as client:
+        runs = [(policy, client.generate(prompt, max_tokens=12, temperature=0, ignore_eos=True, policy=policy).stats)
+                for policy, prompt in (("fixed:2", "def f():"), ("fixed:2", "import os"), ("none", "class A:"))]
+    time.sleep(1.0)  # the replicas' gauges follow their load every heartbeat (0.5 s)
+    after = {name: scrape(small_stack, name) for name in before}
+
+    def delta(service, sample, **labels):
+        key = (sample, tuple(sorted(labels.items())))
+        return after[service].get(key, 0.0) - before[service].get(key, 0.0)
+
+    for policy in ("fixed:2", "none"):
+        stats = [s for p, s in runs if p == policy]
+        spec = {"pool": "default", "policy": policy}
+        assert delta("coordinator", "adaspec_requests_total", policy=policy) == len(stats)
+        assert delta("coordinator", "adaspec_slo_met_total", policy=policy) == sum(s.slo_met for s in stats)
+        for histogram in ("time_to_first_token", "time_per_output_token", "request_duration"):
+            assert delta("coordinator", f"gen_ai_server_{histogram}_seconds_count", policy=policy) == len(stats)
+        assert delta("coordinator", "gen_ai_server_time_to_first_token_seconds_sum", policy=policy) == (
+            pytest.approx(sum(s.ttft_ms for s in stats) / 1e3, rel=1e-6))
+        assert delta("coordinator", "adaspec_draft_length_count", **spec) == sum(s.steps for s in stats)
+        assert delta("coordinator", "adaspec_draft_length_sum", **spec) == sum(s.draft_tokens for s in stats)
+        assert delta("coordinator", "adaspec_spec_decode_num_draft_tokens_total", **spec) == sum(
+            s.draft_tokens for s in stats)
+        assert delta("coordinator", "adaspec_spec_decode_num_accepted_tokens_total", **spec) == sum(
+            s.accepted_tokens for s in stats)
+    drafted = [s for p, s in runs if p == "fixed:2"]
+    assert sum(s.draft_tokens for s in drafted) > 0
+    drafts = delta("coordinator", "adaspec_spec_decode_num_drafts_total", pool="default", policy="fixed:2")
+    assert sum(s.draft_tokens for s in drafted) / 2 <= drafts <= sum(s.steps for s in drafted)  # k <= 2 per draft
+    for name, pool in (("verify-0", "default"), ("draft-0", "draft")):
+        labels = {"replica": name, "pool": pool}
+        least_steps = 12 if name == "verify-0" else 2  # `none`'s 12 tokens take 12 verify steps; drafts took some
+        assert delta(name, "adaspec_engine_step_duration_seconds_count", **labels) >= least_steps
+        assert after[name][("adaspec_replica_sessions", tuple(sorted(labels.items())))] == 0
+        assert after[name][("adaspec_replica_kv_usage_ratio", tuple(sorted(labels.items())))] == 0
+        assert after[name][("process_resident_memory_bytes", ())] > 0
+
+
+def test_a_prompt_of_invalid_utf8_gets_invalid_argument(small_stack):
+    async def send():
+        async with grpc.aio.insecure_channel(small_stack.address) as channel:
+            generate = channel.unary_stream("/adaspec.v1.Coordinator/Generate", request_serializer=None,
+                                            response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await generate(b"\x0a\x03ab\xff", timeout=10).read()  # prompt (field 1): "ab" and a stray byte
+            return refused.value
+
+    error = asyncio.run(send())
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and "bad UTF-8" in error.details()
 
 
 def test_full_capacity_gets_resource_exhausted(small_stack):
@@ -97,7 +164,7 @@ def test_a_draft_dying_mid_request_degrades_to_plain_decoding(small_stack, bundl
 
 
 def engine_process(stack, name: str) -> int:
-    """The pid of a replica's engine process (named `<kind>-core`, see `adaspec.serving.engine_core`)."""
+    """The pid of a replica's engine process (named `<kind>-core`, see `adaspec.service_runtime.engine_core`)."""
     service = stack.processes[name].popen.pid
     for task in os.listdir(f"/proc/{service}/task"):
         for child in open(f"/proc/{service}/task/{task}/children").read().split():

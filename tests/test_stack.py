@@ -18,12 +18,12 @@ import time
 import pytest
 
 from adaspec import Client
-from adaspec.serving.server import wait_until_serving
+from adaspec.service_runtime.server import wait_until_serving
 from adaspec.stack import Process, Stack, StackConfig, StackDown
 
 STUCK_SERVICE = """
 import signal, sys, threading, time
-from adaspec.serving.logs import configure_logging
+from adaspec.service_runtime.logs import configure_logging
 configure_logging("stuck")
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 def hang_in_a_step():

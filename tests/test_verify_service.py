@@ -8,11 +8,11 @@ import pytest
 
 from adaspec import SamplingParams
 from adaspec.engine.verify_engine import VerifyEngine
-from adaspec.serving.convert import params_to_proto
-from adaspec.serving.engine_core import ThreadCore
+from adaspec.service_runtime.convert import params_to_proto
+from adaspec.service_runtime.engine_core import ThreadCore
 from adaspec.v1 import common_pb2, verify_pb2
-from services.verify.core import NO_DRAFTS, VerifyTarget, proposal_from_proto
 from services.verify.service import VerifyService
+from services.verify.verify_target import NO_DRAFTS, VerifyTarget, proposal_from_proto
 
 PROMPT = "def fib(n):"
 
@@ -152,3 +152,28 @@ def test_a_session_cancelled_while_its_open_waits_for_a_step_leaves_no_sequence_
 
     sequences, free_blocks_change = asyncio.run(scenario())
     assert (sequences, free_blocks_change) == (0, 0)
+
+
+def test_a_text_prompt_is_tokenized_off_the_engine_step(bundled_engine):
+    """The engine (between two steps of every session) gets the prompt's token ids, the same as it would have
+    made of the text; the text is tokenized in a worker thread of the service."""
+    opened = []
+
+    class RecordingTarget(VerifyTarget):
+        def open(self, prompt, params, resume_output):
+            opened.append(prompt)
+            return super().open(prompt, params, resume_output)
+
+    async def scenario():
+        engine = VerifyEngine(seed=0)
+        service = VerifyService(ThreadCore(RecordingTarget(engine), "verify"), engine.tokenizer, "verify-test",
+                                "default", "in-process")
+        service.loop.start()
+        try:
+            return await run_session(service, lambda n: common_pb2.DraftTokens() if n < 4 else None)
+        finally:
+            await service.loop.stop()
+
+    replies = asyncio.run(scenario())
+    assert opened == [bundled_engine.tokenizer(PROMPT)["input_ids"]]
+    assert list(replies[0].prompt_token_ids) == opened[0]

@@ -10,8 +10,9 @@ import grpc
 import grpc.aio
 
 from adaspec.client._base import DEFAULT_ADDRESS, ClientBase
-from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request
+from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request, trace_metadata
 from adaspec.replica_load import ReplicaLoad
+from adaspec.service_runtime.transport_security import channel
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
@@ -31,9 +32,11 @@ class AsyncClient(ClientBase):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, max_retries: int = 3,
                  channel_options: Sequence[tuple[str, Any]] | None = None, initial_backoff: float = 0.1,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, api_key: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
         super().__init__(address, timeout=timeout, max_retries=max_retries, channel_options=channel_options,
-                         initial_backoff=initial_backoff, max_backoff=max_backoff)
+                         initial_backoff=initial_backoff, max_backoff=max_backoff, api_key=api_key, tls_ca=tls_ca,
+                         tls_cert=tls_cert, tls_key=tls_key)
         self._channel: grpc.aio.Channel | None = None
         self._stub: coordinator_pb2_grpc.CoordinatorStub | None = None
         self._closed = False
@@ -42,7 +45,7 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
+            self._channel = channel(self.address, self._tls, self._channel_options)
             self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         return self._stub
 
@@ -97,6 +100,7 @@ class AsyncClient(ClientBase):
         while True:
             try:
                 state = await self._get_stub().GetClusterState(coordinator_pb2.GetClusterStateRequest(),
+                                                               metadata=self._metadata,
                                                                timeout=attempts.remaining())
                 return [ReplicaLoad.from_proto(r) for r in state.replicas]
             except grpc.RpcError as e:
@@ -107,7 +111,8 @@ class AsyncClient(ClientBase):
                       timeout: float | None) -> AsyncIterator[Chunk]:
         attempts = self._attempts(timeout)
         while True:
-            call = self._get_stub().Generate(request, timeout=attempts.remaining())
+            call = self._get_stub().Generate(request, timeout=attempts.remaining(),
+                                            metadata=self._metadata + trace_metadata(request))
             received = False
             try:
                 async for response in call:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from typing import Any
 
 from adaspec.client._retry import Attempts
+from adaspec.service_runtime.transport_security import API_KEY_ENV, TlsFiles, bearer
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"  # where `adaspec up` and `adaspec serve coordinator` listen by default
 
@@ -14,7 +16,11 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"  # where `adaspec up` and `adaspec serve coo
 class ClientBase:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, max_retries: int = 3,
                  channel_options: Sequence[tuple[str, Any]] | None = None, initial_backoff: float = 0.1,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, api_key: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        """`api_key`: sent as `authorization: Bearer` (default: `$ADASPEC_API_KEY`, if set); `tls_ca`: connect
+        over TLS, verifying the coordinator against this CA bundle (PEM file); `tls_cert` / `tls_key`: a client
+        certificate, where the coordinator requires one."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if timeout is not None and timeout <= 0:
@@ -30,6 +36,10 @@ class ClientBase:
 
             options.append(("grpc.primary_user_agent", f"adaspec-python/{__version__}"))
         self._channel_options = options
+        self._tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca)
+        if self._tls.cert is not None and self._tls.ca is None:
+            raise ValueError("tls_cert and tls_key need tls_ca (the CA that signs the coordinator's certificate)")
+        self._metadata = bearer(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
         self._rng = random.Random()
 
     def _attempts(self, timeout: float | None) -> Attempts:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from adaspec.errors import InvalidArgument, bad_request
 from adaspec.v1 import coordinator_pb2
 
@@ -31,6 +33,7 @@ class RequestStats:
     draft_replica: str  # empty when the request ran without a draft
     slo_met: bool
     verify_resumes: int = 0  # verify replicas that failed mid-request and were replaced
+    trace_id: str = ""  # the request's OpenTelemetry trace id (32 hex digits); empty when the service traces nothing
 
     @classmethod
     def from_proto(cls, stats: coordinator_pb2.RequestStats) -> RequestStats:
@@ -40,7 +43,7 @@ class RequestStats:
             steps=stats.steps, draft_tokens=stats.draft_tokens, accepted_tokens=stats.accepted_tokens,
             acceptance_rate=stats.acceptance_rate, mean_k=stats.mean_k, policy=stats.policy,
             verify_replica=stats.verify_replica, draft_replica=stats.draft_replica, slo_met=stats.slo_met,
-            verify_resumes=stats.verify_resumes,
+            verify_resumes=stats.verify_resumes, trace_id=stats.trace_id,
         )
 
 
@@ -117,6 +120,11 @@ class _Setter:
             raise _invalid(path, f"is invalid: {e}") from None
 
 
+def trace_metadata(request: coordinator_pb2.GenerateRequest) -> tuple[tuple[str, str], ...]:
+    """The request's trace context as call metadata too, where gRPC instrumentation looks for it."""
+    return (("traceparent", request.traceparent),) if request.traceparent else ()
+
+
 def build_request(prompt: Prompt, *, max_tokens: int | None = None, temperature: float | None = None,
                   top_k: int = 0, top_p: float | None = None, seed: int | None = None,
                   stop: str | Iterable[str] | None = None, stop_token_ids: Iterable[int] | None = None,
@@ -145,6 +153,9 @@ def build_request(prompt: Prompt, *, max_tokens: int | None = None, temperature:
         s.set("params.stop_token_ids", stop_token_ids, repeated=True)
     if policy:
         s.set("policy", policy)
+    parent = trace.get_current_span().get_span_context()
+    if parent.is_valid:  # the caller's trace (an OpenTelemetry span current here) goes on in the service
+        s.set("traceparent", f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{int(parent.trace_flags):02x}")
     if ttft_ms is not None:
         s.set("slo.ttft_ms", ttft_ms)
     if tpot_ms is not None:

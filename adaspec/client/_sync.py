@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 
 from adaspec.client._base import DEFAULT_ADDRESS, ClientBase
-from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request
+from adaspec.client._messages import Chunk, Completion, Prompt, _Accumulator, build_request, trace_metadata
 from adaspec.client._retry import Attempts
 from adaspec.replica_load import ReplicaLoad
+from adaspec.service_runtime.transport_security import channel
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
@@ -32,10 +33,12 @@ class Client(ClientBase):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, max_retries: int = 3,
                  channel_options: Sequence[tuple[str, Any]] | None = None, initial_backoff: float = 0.1,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, api_key: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
         super().__init__(address, timeout=timeout, max_retries=max_retries, channel_options=channel_options,
-                         initial_backoff=initial_backoff, max_backoff=max_backoff)
-        self._channel = grpc.insecure_channel(address, options=self._channel_options)
+                         initial_backoff=initial_backoff, max_backoff=max_backoff, api_key=api_key, tls_ca=tls_ca,
+                         tls_cert=tls_cert, tls_key=tls_key)
+        self._channel = channel(address, self._tls, self._channel_options, aio=False)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
     def close(self) -> None:
@@ -83,7 +86,7 @@ class Client(ClientBase):
         attempts = self._attempts(timeout)
         while True:
             try:
-                state = self._stub.GetClusterState(coordinator_pb2.GetClusterStateRequest(),
+                state = self._stub.GetClusterState(coordinator_pb2.GetClusterStateRequest(), metadata=self._metadata,
                                                    timeout=attempts.remaining())
                 return [ReplicaLoad.from_proto(r) for r in state.replicas]
             except grpc.RpcError as e:
@@ -93,7 +96,8 @@ class Client(ClientBase):
     def _stream(self, request: coordinator_pb2.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
         attempts: Attempts = self._attempts(timeout)
         while True:
-            call = self._stub.Generate(request, timeout=attempts.remaining())
+            call = self._stub.Generate(request, timeout=attempts.remaining(),
+                                       metadata=self._metadata + trace_metadata(request))
             received = False
             try:
                 for response in call:

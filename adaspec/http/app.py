@@ -30,7 +30,8 @@ from adaspec.http.chat_template import ChatTemplate
 from adaspec.http.errors import ApiError, from_validation
 from adaspec.http.generation import Generation
 from adaspec.http.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from adaspec.serving.server import CHANNEL_OPTIONS
+from adaspec.service_runtime.server import CHANNEL_OPTIONS
+from adaspec.service_runtime.transport_security import TlsFiles, channel
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 1.0
@@ -45,6 +46,7 @@ class HttpSettings:
     api_key: str | None = None  # None: no authentication
     request_timeout_s: float | None = None  # each request's deadline at the coordinator (504 past it)
     max_retries: int = 0  # SDK retries before the first token; 0: the HTTP client's own retries decide
+    coordinator_tls: TlsFiles | None = None  # dial the coordinator over TLS (mutual TLS with its certificate)
 
 
 def create_app(settings: HttpSettings) -> FastAPI:
@@ -54,9 +56,12 @@ def create_app(settings: HttpSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         # The SDK's channel and the health channel belong to the server's event loop: opened here, inside it.
         # The services' channel options: keepalive pings notice a coordinator that is gone; 16 MiB messages.
+        # The deployment's one API key: asked of HTTP clients, and presented to the coordinator.
+        tls = settings.coordinator_tls or TlsFiles()
         client = AsyncClient(settings.coordinator, timeout=settings.request_timeout_s, max_retries=settings.max_retries,
-                             channel_options=CHANNEL_OPTIONS)
-        async with client, grpc.aio.insecure_channel(settings.coordinator, options=CHANNEL_OPTIONS) as health_channel:
+                             channel_options=CHANNEL_OPTIONS, api_key=settings.api_key, tls_ca=tls.ca,
+                             tls_cert=tls.cert if tls.ca else None, tls_key=tls.key if tls.ca else None)
+        async with client, channel(settings.coordinator, tls, CHANNEL_OPTIONS) as health_channel:
             app.state.client = client
             app.state.health = health_pb2_grpc.HealthStub(health_channel)
             yield

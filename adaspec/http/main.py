@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from adaspec.client._base import DEFAULT_ADDRESS
-from adaspec.serving.port_file import add_port_file_arg
+from adaspec.service_runtime.metrics import add_metrics_args
+from adaspec.service_runtime.port_file import add_port_file_arg
+from adaspec.service_runtime.transport_security import API_KEY_ENV, TlsFiles, add_tls_args, read_api_key
 
-API_KEY_ENV = "ADASPEC_API_KEY"
 DEFAULT_PORT = 8000
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="SDK retries before the first token on UNAVAILABLE / RESOURCE_EXHAUSTED (default 0: "
                              "answer 503 / 429 with Retry-After and let the HTTP client retry)")
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
+    # --tls-cert / --tls-key: HTTPS (--tls-client-ca: and client certificates); --tls-ca: TLS to the coordinator
+    add_tls_args(parser)
+    add_metrics_args(parser)  # the process's own (CPU, memory, file descriptors): requests are the coordinator's
     parser.add_argument("--log-level", default="info")
 
 
 def api_key(args) -> str | None:
     """`--api-key`, else the contents of `--api-key-file`, else `$ADASPEC_API_KEY`, else None (no auth)."""
-    key = args.api_key
-    if key is None and args.api_key_file:
-        key = Path(args.api_key_file).read_text().strip()
-        if not key:
-            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
-    if key is None:
-        key = os.environ.get(API_KEY_ENV) or None
-    return key
+    return args.api_key if args.api_key is not None else read_api_key(args.api_key_file)
 
 
 def main(args) -> None:
@@ -60,15 +56,18 @@ def main(args) -> None:
     from adaspec.http.app import HttpSettings, create_app
     from adaspec.http.chat_template import ChatTemplate
     from adaspec.http.server import serve
-    from adaspec.serving.logs import configure_logging
+    from adaspec.service_runtime.logs import configure_logging
+    from adaspec.service_runtime.metrics import new_registry, serve_metrics
 
     configure_logging("http", args.log_level)
+    serve_metrics(new_registry(), args.host, args.metrics_port, args.metrics_port_file)  # a daemon thread
     tokenizer = Path(args.tokenizer) if args.tokenizer else BUNDLED_TARGET
     settings = HttpSettings(coordinator=args.coordinator, model_name=args.served_model_name or tokenizer.name,
                             chat_template=ChatTemplate.load(tokenizer), api_key=api_key(args),
-                            request_timeout_s=args.request_timeout, max_retries=args.max_retries)
+                            request_timeout_s=args.request_timeout, max_retries=args.max_retries,
+                            coordinator_tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca, args.tls_client_ca))
     log.info("starting", extra={"address": f"{args.host}:{args.port}", "coordinator": args.coordinator,
                                 "model": settings.model_name, "chat_template": settings.chat_template.kind,
                                 "auth": settings.api_key is not None})
     serve(create_app(settings), args.host, args.port, grace_s=args.grace_s, log_level=args.log_level,
-          port_file=args.port_file)
+          port_file=args.port_file, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)

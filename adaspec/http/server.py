@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from adaspec.serving.port_file import write_address
+from adaspec.service_runtime.port_file import write_address
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -41,14 +42,18 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: ASGIApp, host: str, port: int, *, grace_s: float, log_level: str = "info",
-          port_file: str | None = None) -> None:
+          port_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+          tls_client_ca: str | None = None) -> None:
     """Run `app` until SIGTERM or SIGINT, then drain for at most `grace_s` seconds. Logging is the caller's
     (`configure_logging`): uvicorn's loggers propagate to it. The socket is bound here rather than in uvicorn's
-    startup, so that the port bound (the system's choice for `port` 0) goes to `port_file` before serving."""
+    startup, so that the port bound (the system's choice for `port` 0) goes to `port_file` before serving.
+    With `tls_cert` and `tls_key`, HTTPS; with `tls_client_ca` too, clients must present a certificate it signed."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_color_message)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level.lower(),
-                            timeout_graceful_shutdown=grace_s)
+                            timeout_graceful_shutdown=grace_s, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+                            ssl_ca_certs=tls_client_ca,
+                            ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE)
     sock = config.bind_socket()
     address = f"{host}:{sock.getsockname()[1]}"
     write_address(port_file, address)

@@ -41,7 +41,7 @@ class DraftTokens(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., sparse_k: _Optional[int] = ..., topk_ids: _Optional[_Iterable[int]] = ..., topk_probs: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReplicaLoad(_message.Message):
-    __slots__ = ("replica_id", "kind", "pool", "address", "sessions", "waiting", "queued_tokens", "free_kv_blocks", "total_kv_blocks", "max_sessions", "step_latency_ms", "acceptance_rate", "tokens_per_step", "updated_at", "latency_coef", "acceptance_counts", "mean_context", "step_tokens", "step_batch")
+    __slots__ = ("replica_id", "kind", "pool", "address", "sessions", "waiting", "queued_tokens", "free_kv_blocks", "total_kv_blocks", "max_sessions", "step_latency_ms", "acceptance_rate", "tokens_per_step", "updated_at", "latency_coef", "acceptance_counts", "mean_context", "step_tokens", "step_batch", "model")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class ReplicaLoad(_message.Message):
     MEAN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     STEP_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STEP_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     kind: str
     pool: str
@@ -80,7 +81,8 @@ class ReplicaLoad(_message.Message):
     mean_context: float
     step_tokens: float
     step_batch: float
-    def __init__(self, replica_id: _Optional[str] = ..., kind: _Optional[str] = ..., pool: _Optional[str] = ..., address: _Optional[str] = ..., sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_kv_blocks: _Optional[int] = ..., total_kv_blocks: _Optional[int] = ..., max_sessions: _Optional[int] = ..., step_latency_ms: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_step: _Optional[float] = ..., updated_at: _Optional[float] = ..., latency_coef: _Optional[_Iterable[float]] = ..., acceptance_counts: _Optional[_Iterable[float]] = ..., mean_context: _Optional[float] = ..., step_tokens: _Optional[float] = ..., step_batch: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, replica_id: _Optional[str] = ..., kind: _Optional[str] = ..., pool: _Optional[str] = ..., address: _Optional[str] = ..., sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_kv_blocks: _Optional[int] = ..., total_kv_blocks: _Optional[int] = ..., max_sessions: _Optional[int] = ..., step_latency_ms: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_step: _Optional[float] = ..., updated_at: _Optional[float] = ..., latency_coef: _Optional[_Iterable[float]] = ..., acceptance_counts: _Optional[_Iterable[float]] = ..., mean_context: _Optional[float] = ..., step_tokens: _Optional[float] = ..., step_batch: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class BatchGoodputRule(_message.Message):
     __slots__ = ("base_ms", "draft_ms", "token_ms", "hop_ms")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from adaspec.v1 import common_pb2 as adaspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61spec/v1/coordinator.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"P\n\nLatencySLO\x12\x14\n\x07ttft_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07tpot_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_ttft_msB\n\n\x08_tpot_ms\"\xc5\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x06params\x18\x03 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12#\n\x03slo\x18\x05 \x01(\x0b\x32\x16.adaspec.v1.LatencySLO\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"s\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x18.adaspec.v1.RequestStats\"\xc1\x02\n\x0cRequestStats\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x07 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x08 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\t \x01(\x01\x12\x0e\n\x06mean_k\x18\n \x01(\x01\x12\x0e\n\x06policy\x18\x0b \x01(\t\x12\x16\n\x0everify_replica\x18\x0c \x01(\t\x12\x15\n\rdraft_replica\x18\r \x01(\t\x12\x0f\n\x07slo_met\x18\x0e \x01(\x08\x12\x16\n\x0everify_resumes\x18\x0f \x01(\x05\"\x18\n\x16GetClusterStateRequest\"e\n\x0c\x43lusterState\x12)\n\x08replicas\x18\x01 \x03(\x0b\x32\x17.adaspec.v1.ReplicaLoad\x12\x12\n\nload_store\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_policy\x18\x03 \x01(\t2\xa7\x01\n\x0b\x43oordinator\x12G\n\x08Generate\x12\x1b.adaspec.v1.GenerateRequest\x1a\x1c.adaspec.v1.GenerateResponse0\x01\x12O\n\x0fGetClusterState\x12\".adaspec.v1.GetClusterStateRequest\x1a\x18.adaspec.v1.ClusterStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61spec/v1/coordinator.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"P\n\nLatencySLO\x12\x14\n\x07ttft_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07tpot_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_ttft_msB\n\n\x08_tpot_ms\"\xc5\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x06params\x18\x03 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12#\n\x03slo\x18\x05 \x01(\x0b\x32\x16.adaspec.v1.LatencySLO\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"s\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x18.adaspec.v1.RequestStats\"\xd3\x02\n\x0cRequestStats\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x07 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x08 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\t \x01(\x01\x12\x0e\n\x06mean_k\x18\n \x01(\x01\x12\x0e\n\x06policy\x18\x0b \x01(\t\x12\x16\n\x0everify_replica\x18\x0c \x01(\t\x12\x15\n\rdraft_replica\x18\r \x01(\t\x12\x0f\n\x07slo_met\x18\x0e \x01(\x08\x12\x16\n\x0everify_resumes\x18\x0f \x01(\x05\x12\x10\n\x08trace_id\x18\x10 \x01(\t\"\x18\n\x16GetClusterStateRequest\"e\n\x0c\x43lusterState\x12)\n\x08replicas\x18\x01 \x03(\x0b\x32\x17.adaspec.v1.ReplicaLoad\x12\x12\n\nload_store\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_policy\x18\x03 \x01(\t2\xa7\x01\n\x0b\x43oordinator\x12G\n\x08Generate\x12\x1b.adaspec.v1.GenerateRequest\x1a\x1c.adaspec.v1.GenerateResponse0\x01\x12O\n\x0fGetClusterState\x12\".adaspec.v1.GetClusterStateRequest\x1a\x18.adaspec.v1.ClusterStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=351
   _globals['_GENERATERESPONSE']._serialized_end=466
   _globals['_REQUESTSTATS']._serialized_start=469
-  _globals['_REQUESTSTATS']._serialized_end=790
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=792
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=816
-  _globals['_CLUSTERSTATE']._serialized_start=818
-  _globals['_CLUSTERSTATE']._serialized_end=919
-  _globals['_COORDINATOR']._serialized_start=922
-  _globals['_COORDINATOR']._serialized_end=1089
+  _globals['_REQUESTSTATS']._serialized_end=808
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=810
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=834
+  _globals['_CLUSTERSTATE']._serialized_start=836
+  _globals['_CLUSTERSTATE']._serialized_end=937
+  _globals['_COORDINATOR']._serialized_start=940
+  _globals['_COORDINATOR']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)

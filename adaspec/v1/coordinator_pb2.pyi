@@ -46,7 +46,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., stats: _Optional[_Union[RequestStats, _Mapping]] = ...) -> None: ...
 
 class RequestStats(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "output_tokens", "ttft_ms", "tpot_ms", "steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_k", "policy", "verify_replica", "draft_replica", "slo_met", "verify_resumes")
+    __slots__ = ("request_id", "prompt_tokens", "output_tokens", "ttft_ms", "tpot_ms", "steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_k", "policy", "verify_replica", "draft_replica", "slo_met", "verify_resumes", "trace_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class RequestStats(_message.Message):
     DRAFT_REPLICA_FIELD_NUMBER: _ClassVar[int]
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     VERIFY_RESUMES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     output_tokens: int
@@ -77,7 +78,8 @@ class RequestStats(_message.Message):
     draft_replica: str
     slo_met: bool
     verify_resumes: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_k: _Optional[float] = ..., policy: _Optional[str] = ..., verify_replica: _Optional[str] = ..., draft_replica: _Optional[str] = ..., slo_met: _Optional[bool] = ..., verify_resumes: _Optional[int] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_k: _Optional[float] = ..., policy: _Optional[str] = ..., verify_replica: _Optional[str] = ..., draft_replica: _Optional[str] = ..., slo_met: _Optional[bool] = ..., verify_resumes: _Optional[int] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class GetClusterStateRequest(_message.Message):
     __slots__ = ()

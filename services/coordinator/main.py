@@ -7,9 +7,12 @@ import asyncio
 import logging
 
 from adaspec.loadstore import InProcessLoadStore, open_load_store, redact
-from adaspec.serving.logs import configure_logging
-from adaspec.serving.port_file import add_port_file_arg
-from adaspec.serving.server import ServiceHost
+from adaspec.service_runtime.logs import configure_logging
+from adaspec.service_runtime.metrics import add_metrics_args, serve_metrics
+from adaspec.service_runtime.port_file import add_port_file_arg
+from adaspec.service_runtime.server import ServiceHost
+from adaspec.service_runtime.tracing import configure_tracing
+from adaspec.service_runtime.transport_security import API_KEY_ENV, add_security_args, read_api_key, tls_from_args
 from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 from adaspec.v1 import coordinator_pb2_grpc
 from services.coordinator.load_poller import LoadPoller
@@ -44,11 +47,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--ttl-s", type=float, default=3.0)
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
+    parser.add_argument("--api-key-file", help=f"require `authorization: Bearer KEY` of clients, KEY read from this "
+                                               f"file (default: ${API_KEY_ENV} if set, else no authentication)")
+    add_security_args(parser)
+    add_metrics_args(parser)
     parser.add_argument("--log-level", default="info")
 
 
 def main(args) -> None:
     configure_logging("coordinator", args.log_level)
+    configure_tracing("coordinator")
     asyncio.run(_serve(args))
 
 
@@ -57,7 +65,8 @@ async def _serve(args) -> None:
     store = open_load_store(args.redis)
     if args.redis:
         await store.ping()
-    channels = Channels()
+    tls = tls_from_args(args)
+    channels = Channels(tls)
     poller = None
     if isinstance(store, InProcessLoadStore):
         poller = LoadPoller(store, channels, split(args.verify), split(args.draft), args.poll_s, args.ttl_s)
@@ -69,13 +78,17 @@ async def _serve(args) -> None:
                                  args.draft_timeout_s, args.lease_s)
     service.leases.start()
     host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s,
-                       port_file=args.port_file)
+                       port_file=args.port_file, tls=tls, api_key=read_api_key(args.api_key_file),
+                       reflection_on=not args.no_reflection)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, host.server)
     await host.start()
+    metrics_server = serve_metrics(service.metrics.registry, args.host, args.metrics_port, args.metrics_port_file)
     log.info("ready", extra={"address": host.address, "load_store": service.store_name})
     try:
         await host.run_until_signal(service.drain)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await service.leases.stop()
         await view.stop()
         if poller is not None:

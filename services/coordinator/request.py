@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,15 +31,18 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from adaspec.errors import rich_status, rich_status_of
 from adaspec.loadstore import ReplicaLoad
 from adaspec.sampling_params import SamplingParams
-from adaspec.serving.convert import params_to_proto
+from adaspec.service_runtime import tracing
+from adaspec.service_runtime.convert import params_to_proto
+from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.speculation.policies import Policy
 from adaspec.speculation.step_state import RequestState
 from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
-from services.coordinator.router import NoCapacity, NoReplica, RouteRequest, Router
+from services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
 from services.coordinator.speculation import RequestSpeculation, Steps
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,6 @@ class RequestSpec:
     policy: Policy  # the coordinator's instance for the request's policy string
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
-    traceparent: str = ""
     deadline: float | None = None  # time.monotonic() by which the request must end
 
 
@@ -123,9 +127,10 @@ class Session:
 
 class RequestRun:
     def __init__(self, spec: RequestSpec, router: Router, channels, max_spec_len: int, steps: Steps,
-                 draft_timeout_s: float = 5.0):
+                 metrics: CoordinatorMetrics, draft_timeout_s: float = 5.0, span: trace.Span = trace.INVALID_SPAN):
+        """`span`: the request's (its steps are its children; it is the caller's to end)."""
         self.spec, self.router, self.channels, self.max_spec_len = spec, router, channels, max_spec_len
-        self.draft_timeout_s = draft_timeout_s
+        self.metrics, self.draft_timeout_s, self.span = metrics, draft_timeout_s, span
         self.counters = Counters()
         self.verify: Session | None = None
         self.draft: Session | None = None
@@ -136,6 +141,10 @@ class RequestRun:
                              tpot_slo_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
         self.speculation = RequestSpeculation(steps, spec.policy, state, p.max_tokens)
         self.asked_draft = False  # the draft session was asked for this step's drafts
+        self.step_span: trace.Span | None = None  # the step whose verify reply comes next, once started
+        self.step_k = 0  # its draft budget
+        self.step_index = itertools.count(1)
+        self.draft_failed = False  # in this step
         self.asked_draft_at = 0.0
         self.next_plain = False  # the next step will not draft either: it may go ahead of this one's reply
 
@@ -160,6 +169,12 @@ class RequestRun:
                 yield message
             ok = True
         finally:  # concurrently: a cancel landing in one close must not skip the other
+            if self.step_span is not None:
+                error = sys.exc_info()[1]
+                if error is None or isinstance(error, GeneratorExit):
+                    self.step_span.end()
+                else:
+                    tracing.end_with_error(self.step_span, type(error).__name__, str(error))
             self.speculation.close()
             await asyncio.gather(*(s.close(ok) for s in (self.draft, self.verify) if s is not None))
 
@@ -173,7 +188,6 @@ class RequestRun:
             open=verify_pb2.VerifyOpen(request_id=spec.request_id, params=params_to_proto(spec.params),
                                        seed=spec.params.seed, output_token_ids=c.output_ids,
                                        output_chars_sent=c.text_chars),
-            traceparent=spec.traceparent,
         )
         if c.output_ids:  # a resumed session takes the prompt as tokenised by the first replica
             open_message.open.prompt_token_ids[:] = c.prompt_token_ids
@@ -190,6 +204,10 @@ class RequestRun:
                     raise RequestFailed(refusal) from error
                 raise
             self.speculation.on_verify(self.verify.replica.replica_id)
+            if self.verify.replica.model:
+                self.span.update_name(f"text_completion {self.verify.replica.model}")
+                self.span.set_attribute("gen_ai.request.model", self.verify.replica.model)
+            open_message.traceparent = tracing.traceparent(self.span)
             try:
                 return await self.verify.exchange(open_message)
             except grpc.aio.AioRpcError as error:
@@ -214,7 +232,6 @@ class RequestRun:
             await self.draft.call.write(draft_pb2.DraftRequest(
                 open=draft_pb2.DraftOpen(request_id=spec.request_id, prompt_token_ids=prompt_token_ids,
                                          params=params_to_proto(spec.params), seed=spec.params.seed),
-                traceparent=spec.traceparent,
             ))
         except (RequestFailed, grpc.aio.AioRpcError) as error:
             await self._drop_draft(error)
@@ -240,8 +257,10 @@ class RequestRun:
             rule = budget.batch_rule
             step.batch_rule.CopyFrom(common_pb2.BatchGoodputRule(base_ms=rule.base_ms, draft_ms=rule.draft_ms,
                                                                  token_ms=rule.token_ms, hop_ms=rule.hop_ms))
+        self.step_span, self.step_k = self._start_step(budget.max_tokens), budget.max_tokens
         try:
-            await self.draft.call.write(draft_pb2.DraftRequest(step=step, traceparent=self.spec.traceparent))
+            await self.draft.call.write(draft_pb2.DraftRequest(step=step,
+                                                               traceparent=tracing.traceparent(self.step_span)))
             self.asked_draft, self.asked_draft_at = True, time.perf_counter()
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
@@ -265,23 +284,39 @@ class RequestRun:
     async def verify_step(self, drafts: common_pb2.DraftTokens) -> tuple[verify_pb2.VerifyResponse, list[float]]:
         """The verify reply, and the confidences of the drafts it tested (none when the step was lost and the
         request resumed on another replica)."""
-        message = verify_pb2.VerifyRequest(step=drafts, traceparent=self.spec.traceparent)
+        span = self.step_span if self.step_span is not None else self._start_step(0)
+        k, self.step_span, self.step_k = self.step_k, None, 0
+        message = verify_pb2.VerifyRequest(step=drafts, traceparent=tracing.traceparent(span))
         try:
             # A step without drafts followed by another (no draft session, or a policy at k = 0): the next one goes
             # out now, so the replica finds it waiting instead of waiting a round trip through the coordinator.
-            ahead = self.draft is None or (not drafts.token_ids and self.next_plain)
-            reply = await self.verify.exchange(message, next_message=message if ahead else None)
+            ahead = None
+            if self.draft is None or (not drafts.token_ids and self.next_plain):
+                self.step_span = self._start_step(0)
+                ahead = verify_pb2.VerifyRequest(step=drafts, traceparent=tracing.traceparent(self.step_span))
+            reply = await self.verify.exchange(message, next_message=ahead)
         except grpc.aio.AioRpcError as error:
+            tracing.end_with_error(span, error.code().name, error.details() or "")
             replica = self.verify.replica
             if error.code() not in PASS_THROUGH and error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.router.mark_failed(replica)
             if error.code() is not grpc.StatusCode.UNAVAILABLE:
                 raise RequestFailed(downstream_status(error, replica, self.counters.output_tokens)) from error
             return await self.resume_verify(error), []
+        if span.is_recording():
+            span.set_attributes({
+                "adaspec.step.drafts": len(drafts.token_ids), "adaspec.step.accepted": reply.num_accepted,
+                "adaspec.step.tokens": len(reply.token_ids), "adaspec.step.stop": self._why_drafting_stopped(k, drafts),
+                "adaspec.step.verify_ms": reply.step_ms, "adaspec.step.verify_queue_ms": reply.queue_ms,
+                **({"adaspec.step.predicted_ms": self.speculation.forward_ms}
+                   if self.speculation.forward_ms is not None else {})})
+        span.end()
+        self.draft_failed = False
         c = self.counters
         c.steps += 1
         c.draft_tokens += len(drafts.token_ids)
         c.accepted_tokens += reply.num_accepted
+        self.metrics.step(self.verify.replica.pool, str(self.spec.policy), len(drafts.token_ids), reply.num_accepted)
         return reply, list(drafts.confidences)
 
     async def resume_verify(self, failure: grpc.aio.AioRpcError) -> verify_pb2.VerifyResponse:
@@ -315,9 +350,35 @@ class RequestRun:
         if reply.finish_reason:
             message.finish_reason = reply.finish_reason
             message.stats.CopyFrom(self.stats())
+            stats = message.stats
+            tpot_s = stats.tpot_ms / 1e3 if c.output_tokens > 1 else None
+            self.metrics.finished(stats.policy, stats.ttft_ms / 1e3, tpot_s, time.perf_counter() - c.start,
+                                  stats.slo_met)
+            if self.span.is_recording():
+                self.span.set_attributes(finished_attributes(stats, reply.finish_reason, self.verify))
         return message
 
     # ---- helpers --------------------------------------------------------------------------------
+
+    def _start_step(self, k: int) -> trace.Span:
+        """A speculation step's span, a child of the request's, with the decision: the policy and its budget."""
+        if not tracing.enabled():
+            return trace.INVALID_SPAN
+        return tracing.TRACER.start_span("speculation step", context=tracing.within(self.span), attributes={
+            "adaspec.policy": str(self.spec.policy), "adaspec.step.k": k,
+            "adaspec.step.index": next(self.step_index)})
+
+    def _why_drafting_stopped(self, k: int, drafts: common_pb2.DraftTokens) -> str:
+        """k_0: the policy gave no budget; max_tokens: the drafts reached it; stop_rule: the budget's stop rule
+        (confidence, acceptance probability or the batch rule) ended them first; no_draft: the request runs
+        without a draft replica; draft_failed: the draft replica failed or stalled in this step."""
+        if self.draft_failed:
+            return "draft_failed"
+        if self.draft is None:
+            return "no_draft"
+        if k == 0:
+            return "k_0"
+        return "max_tokens" if len(drafts.token_ids) >= k else "stop_rule"
 
     async def _open(self, kind: str, exclude: set[str]) -> Session:
         spec = self.spec
@@ -347,6 +408,7 @@ class RequestRun:
             await self.draft.close(ok=False)
         self.draft = None
         self.speculation.draft_id = None
+        self.draft_failed = True
 
     def stats(self) -> coordinator_pb2.RequestStats:
         c, spec = self.counters, self.spec
@@ -362,8 +424,21 @@ class RequestRun:
             mean_k=c.draft_tokens / c.steps if c.steps else 0.0, policy=str(spec.policy),
             verify_replica=self.verify.replica.replica_id if self.verify else "",
             draft_replica=self.draft.replica.replica_id if self.draft else "", slo_met=slo_met,
-            verify_resumes=c.resumed,
+            verify_resumes=c.resumed, trace_id=tracing.trace_id(self.span),
         )
+
+
+def finished_attributes(stats: coordinator_pb2.RequestStats, finish_reason: str, verify: Session | None) -> dict:
+    """A finished request's span attributes: the GenAI semantic conventions', then AdaSpec's."""
+    return {
+        "gen_ai.usage.input_tokens": stats.prompt_tokens, "gen_ai.usage.output_tokens": stats.output_tokens,
+        "gen_ai.response.finish_reasons": [finish_reason],
+        **({"gen_ai.response.model": verify.replica.model} if verify is not None and verify.replica.model else {}),
+        "adaspec.ttft_ms": stats.ttft_ms, "adaspec.tpot_ms": stats.tpot_ms, "adaspec.slo_met": stats.slo_met,
+        "adaspec.steps": stats.steps, "adaspec.draft_tokens": stats.draft_tokens,
+        "adaspec.accepted_tokens": stats.accepted_tokens, "adaspec.verify_replica": stats.verify_replica,
+        "adaspec.draft_replica": stats.draft_replica, "adaspec.verify_resumes": stats.verify_resumes,
+    }
 
 
 def downstream_status(error: grpc.aio.AioRpcError, replica: ReplicaLoad, tokens_sent: int = 0) -> grpc.Status:

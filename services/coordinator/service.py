@@ -14,14 +14,19 @@ import time
 import uuid
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from adaspec.errors import abort, invalid_argument_from
 from adaspec.loadstore import LoadStore, LoadStoreUnavailable
 from adaspec.sampling_params import MAX_SEED
-from adaspec.serving.convert import params_from_proto
-from adaspec.serving.link_client import Links
-from adaspec.serving.link_server import MAX_LINK_MESSAGE_BYTES
-from adaspec.serving.server import CHANNEL_OPTIONS
+from adaspec.service_runtime import tracing
+from adaspec.service_runtime.convert import params_from_proto
+from adaspec.service_runtime.link_client import Links
+from adaspec.service_runtime.link_server import MAX_LINK_MESSAGE_BYTES
+from adaspec.service_runtime.metrics import CoordinatorMetrics
+from adaspec.service_runtime.server import CHANNEL_OPTIONS
+from adaspec.service_runtime.transport_security import TlsFiles, channel
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.leases import Leases
 from services.coordinator.load_view import LoadView
@@ -38,17 +43,50 @@ MAX_PROMPT_BYTES = MAX_LINK_MESSAGE_BYTES - 64 * 2**10
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
 
 
+def request_span(request: coordinator_pb2.GenerateRequest, spec: RequestSpec) -> trace.Span:
+    """The request's span (OpenTelemetry GenAI conventions; named for the model once routed), current in this
+    call's task from now on, so its logs carry its trace id. Its parent: the caller's `traceparent` field if it
+    sent one, else the call's own span (the gRPC instrumentation's, from the call's metadata)."""
+    if not tracing.enabled():
+        return trace.INVALID_SPAN
+    p = spec.params
+    attributes = {"gen_ai.operation.name": "text_completion", "gen_ai.response.id": spec.request_id,
+                  "gen_ai.request.max_tokens": p.max_tokens, "gen_ai.request.temperature": p.temperature,
+                  "gen_ai.request.top_p": p.top_p, "gen_ai.request.seed": p.seed, "adaspec.policy": str(spec.policy)}
+    if p.top_k:
+        attributes["gen_ai.request.top_k"] = p.top_k
+    for name, value in (("adaspec.slo.ttft_ms", spec.slo_ttft_ms), ("adaspec.slo.tpot_ms", spec.slo_tpot_ms)):
+        if value is not None:
+            attributes[name] = value
+    span = tracing.TRACER.start_span("text_completion", context=parent_of_request(request.traceparent),
+                                     attributes=attributes)
+    otel_context.attach(tracing.within(span))  # never detached: the call's task (and its context) ends with it
+    return span
+
+
+def parent_of_request(traceparent: str) -> otel_context.Context | None:
+    """The call's span (None: the current context) unless the caller's `traceparent` field names another trace: a
+    caller that sets only the field has its request in its trace, under a call span that began a trace of its own."""
+    named = tracing.parent_from(traceparent)
+    current = trace.get_current_span().get_span_context()
+    if named is not None and (not current.is_valid or current.trace_id != trace.get_current_span(
+            named).get_span_context().trace_id):
+        return named
+    return None
+
+
 class Channels:
     """One long-lived channel per downstream address, and on it one link per service (`links`) that
     carries every session of this coordinator with that replica."""
 
-    def __init__(self):
+    def __init__(self, tls: TlsFiles | None = None):
+        self.tls = tls  # replicas are dialed over TLS when it verifies servers (mutual TLS with its certificate)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.links = Links(self.get)
 
     def get(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel(address, self.tls, CHANNEL_OPTIONS)
         return self._channels[address]
 
     async def close(self) -> None:
@@ -64,8 +102,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, store: LoadStore, store_name: str, channels: Channels, view: LoadView,
                  default_policy: str = "adaspec", max_spec_len: int = 8,
                  default_slo_ms: tuple[float | None, float | None] = (None, None), draft_timeout_s: float = 5.0,
-                 lease_s: float = 30.0):
+                 lease_s: float = 30.0, metrics: CoordinatorMetrics | None = None):
         self.store, self.store_name, self.channels, self.view = store, store_name, channels, view
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics()
         self.steps = Steps(view, max_spec_len)
         self.steps.policy(default_policy)  # fail at start-up, not on the first request
         self.leases = Leases(store, lease_s, renew_s=lease_s / 3)
@@ -78,16 +117,23 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def Generate(self, request: coordinator_pb2.GenerateRequest, context):
         spec = await self._validate(request, context)
+        span = request_span(request, spec)
         self.in_flight += 1
         try:
             # aclosing: however this call ends (a cancel lands while a response is being written, not in
             # the run), the run's own cleanup closes both sessions now, not when the generator is collected
-            run = RequestRun(spec, self.router, self.channels, self.max_spec_len, self.steps, self.draft_timeout_s)
+            run = RequestRun(spec, self.router, self.channels, self.max_spec_len, self.steps, self.metrics,
+                             self.draft_timeout_s, span)
             async with contextlib.aclosing(run.run()) as responses:
                 async for response in responses:
                     yield response
+            span.end()
         except RequestFailed as failure:
+            tracing.end_with_error(span, failure.status.code.name, failure.status.details)
             await context.abort_with_status(failure.status)
+        except BaseException as error:  # cancelled (the client went, or its deadline passed), or a fault
+            tracing.end_with_error(span, type(error).__name__, str(error))
+            raise
         finally:
             self.in_flight -= 1
 
@@ -132,7 +178,6 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             policy=policy,
             slo_ttft_ms=slo.ttft_ms if slo.HasField("ttft_ms") else self.default_ttft_ms,
             slo_tpot_ms=slo.tpot_ms if slo.HasField("tpot_ms") else self.default_tpot_ms,
-            traceparent=request.traceparent,
             deadline=None if remaining is None else time.monotonic() + remaining,
         )
 

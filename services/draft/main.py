@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec.serving.replica import add_replica_args, run_replica
+from adaspec.service_runtime.replica import add_replica_args, run_replica
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, address: str):
-    from adaspec.serving.replica import start_engine_core
-    from services.draft.core import DraftTarget
+    from adaspec.service_runtime.replica import start_engine_core
+    from services.draft.draft_target import DraftTarget
     from services.draft.service import DraftService
 
     engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len, profile=args.profile,

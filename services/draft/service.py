@@ -1,18 +1,20 @@
 """Draft service: the draft model behind one session stream per request: on its coordinator's link (one
-`Link` call carries all of a coordinator's sessions with this replica; `adaspec.serving.link_server`), or
+`Link` call carries all of a coordinator's sessions with this replica; `adaspec.service_runtime.link_server`), or
 a `Session` call of its own.
 
 A session opens with the prompt and the request's sampling settings and seed (no reply: its prefill
 happens with its first step). Each step commits what the verify pool accepted and drafts up to k tokens,
 returning them with the sparse q (K <= 32 entries per token; one for greedy requests, whose q
 verification ignores). All sessions share one continuous batch (`EngineLoop` over a `DraftTarget`, in
-a process of its own or in a worker thread: `adaspec.serving.replica.start_engine_core`).
+a process of its own or in a worker thread: `adaspec.service_runtime.replica.start_engine_core`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 
 import grpc
 
@@ -20,12 +22,13 @@ from adaspec.engine.draft_engine import DraftWork
 from adaspec.engine.kv_cache import KVCacheExhausted
 from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import ReplicaLoad
+from adaspec.service_runtime.convert import params_from_proto
+from adaspec.service_runtime.engine_core import EngineCore
+from adaspec.service_runtime.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
+from adaspec.service_runtime.link_server import serve_link
+from adaspec.service_runtime.tracing import SessionSteps
 from adaspec.speculation.acceptance import NUM_BINS, AcceptanceCurve
 from adaspec.speculation.draft_budget import BatchGoodputRule, DraftBudget
-from adaspec.serving.convert import params_from_proto
-from adaspec.serving.engine_core import EngineCore
-from adaspec.serving.engine_loop import EngineLoop, EngineStepFailed, EngineStopped
-from adaspec.serving.link_server import serve_link
 from adaspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,10 @@ class DraftService(draft_pb2_grpc.DraftServicer):
 
     def __init__(self, core: EngineCore, replica_id: str, address: str, max_sessions: int = 256):
         self.replica_id, self.address, self.max_sessions = replica_id, address, max_sessions
+        self.model = Path(core.info.get("model_path", "")).name
         self.loop = EngineLoop(core, "draft")
+        self.step_spans = SessionSteps()
+        self.loop.trace_links = self.step_spans.links
         self.sessions = 0
 
     async def Session(self, request_iterator, context):
@@ -49,6 +55,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"draft replica {self.replica_id} is full ({self.sessions} sessions)", retry_after_s=0.5)
         seq_id = None
+        spans = self.step_spans.session()  # this session's key among the open step spans
         self.sessions += 1
         try:
             msg = first.open
@@ -72,22 +79,28 @@ class DraftService(draft_pb2_grpc.DraftServicer):
                     await context.abort_with_status(invalid_argument_from(error, "step"))
                 work = DraftWork(seq_id, step.num_accepted, list(step.token_ids), budget)
                 sent = time.perf_counter()
+                self.step_spans.start(spans, "draft step", request.traceparent, {
+                    "adaspec.replica": self.replica_id, "adaspec.step.max_drafts": budget.max_tokens,
+                    "adaspec.step.catch_up_tokens": len(step.token_ids)})
                 try:
                     await self.loop.call(("queue", (work,)), key=seq_id)
                 except ValueError as error:
                     await context.abort_with_status(invalid_argument_from(error, "step"))
                 drafts, step_ms = await self.loop.result(seq_id)
-                yield draft_pb2.DraftResponse(
-                    drafts=common_pb2.DraftTokens.FromString(drafts),
-                    queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
-                    step_ms=step_ms,
-                )
+                reply = draft_pb2.DraftResponse(drafts=common_pb2.DraftTokens.FromString(drafts),
+                                                queue_ms=max(0.0, (time.perf_counter() - sent) * 1e3 - step_ms),
+                                                step_ms=step_ms)
+                self.step_spans.finish(spans, {"adaspec.step.drafts": len(reply.drafts.token_ids),
+                                                "adaspec.step.step_ms": step_ms,
+                                                "adaspec.step.queue_ms": reply.queue_ms})
+                yield reply
         except EngineStopped as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         except EngineStepFailed as error:
             await abort(context, grpc.StatusCode.INTERNAL, str(error))
         finally:
             self.sessions -= 1
+            self.step_spans.close(spans, sys.exc_info()[1])
             if seq_id is not None:
                 self.loop.forget(seq_id)
                 self.loop.post(("close", (seq_id,)))
@@ -107,7 +120,7 @@ class DraftService(draft_pb2_grpc.DraftServicer):
             sessions=self.sessions, queued_tokens=status["queued_tokens"], free_kv_blocks=status["free_kv_blocks"],
             total_kv_blocks=status["total_kv_blocks"], max_sessions=self.max_sessions,
             step_latency_ms=self.loop.step_latency_ms, latency_coef=status["latency_coef"],
-            mean_context=status["mean_context"], step_batch=status["step_batch"],
+            mean_context=status["mean_context"], step_batch=status["step_batch"], model=self.model,
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec.serving.replica import add_replica_args, run_replica
+from adaspec.service_runtime.replica import add_replica_args, run_replica
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +22,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def build(args, address: str):
     from transformers import AutoTokenizer
 
-    from adaspec.serving.replica import start_engine_core
-    from services.verify.core import VerifyTarget
+    from adaspec.service_runtime.replica import start_engine_core
     from services.verify.service import VerifyService
+    from services.verify.verify_target import VerifyTarget
 
     engine_args = dict(
         target=args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,

@@ -14,7 +14,7 @@ detokenizing) are both Python and share one GIL: on 2 CPU cores every reply writ
 stretches it (verify steps of 9-10 ms grew to 13-18 ms at batch 8). `ProcessCore` runs the target in a
 child process driven over a pipe, as vLLM's engine core and SGLang's scheduler process do: the service
 sends a batch of commands or a step and the child answers each message once, in order. Which one a
-replica uses: `adaspec.serving.replica.start_engine_core`.
+replica uses: `adaspec.service_runtime.replica.start_engine_core`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adaspec.serving.lifetime import die_with_parent, set_process_name
+from adaspec.service_runtime.lifetime import die_with_parent, set_process_name
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class ProcessCore:
 def serve_target(conn, factory: Callable[..., Any], kwargs: dict, threads: int | None, name: str,
                  log_level: str) -> None:
     """The engine process: build the target, then answer each message in order until "stop" or EOF."""
-    from adaspec.serving.logs import configure_logging
+    from adaspec.service_runtime.logs import configure_logging
 
     configure_logging(f"{name}-core", log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops its engine; a terminal's Ctrl-C is its to handle

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from adaspec.errors import rich_status
-from adaspec.serving.server import MAX_MESSAGE_BYTES
+from adaspec.service_runtime.server import MAX_MESSAGE_BYTES
 from adaspec.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Sessions never touch the engine. They queue commands (open, submit, close); the 
 queued command between two steps, then runs one step over everything that is ready, and hands each
 session its result. So each step takes all the work that arrived while the previous one ran: no session
 waits for another to finish. Where the engine runs (a worker thread, or a process of its own) is the
-`EngineCore`'s business (`adaspec.serving.engine_core`).
+`EngineCore`'s business (`adaspec.service_runtime.engine_core`).
 
 Gathering: a session's next message comes back some time after its reply: one coordinator round trip,
 plus a draft step when the verify pool waits for drafts. Stepping the moment the first message arrives
@@ -30,7 +30,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from adaspec.serving.engine_core import Command, EngineCore, EngineCoreGone, Failed
+from adaspec.service_runtime import tracing
+from adaspec.service_runtime.engine_core import Command, EngineCore, EngineCoreGone, Failed
 
 log = logging.getLogger(__name__)
 Undo = Callable[[Any], Command]  # a command's value -> the command that undoes it
@@ -62,6 +63,8 @@ class EngineLoop:
         self._task: asyncio.Task | None = None
         self.step_latency_ms = 0.0  # EWMA of engine step time
         self.steps = 0
+        self.on_step: Callable[[float], None] | None = None  # told each step's time in ms (the metrics)
+        self.trace_links: Callable[[], list] | None = None  # with tracing on: the session steps an engine step serves
         self._stopped: EngineStopped | None = None  # set once the engine can run nothing more
 
     def start(self) -> None:
@@ -152,20 +155,32 @@ class EngineLoop:
                 continue
             gathered_since, ready_since = ready_since, None
             self._forgotten.clear()
+            span = tracing.TRACER.start_span(f"{self.name} engine step", links=self.trace_links()) if (
+                tracing.enabled() and self.trace_links is not None) else None
             start = time.perf_counter()
             try:
                 results = await self.core.step()
             except EngineCoreGone as error:
                 self._stop_all(EngineStopped(str(error)))
+                if span is not None:
+                    tracing.end_with_error(span, type(error).__name__, str(error))
                 continue
             except Exception as error:  # a failed step fails the sessions in it, not the service
                 log.exception("%s engine step failed", self.name)
                 self._fail_all(EngineStepFailed(f"{self.name} engine step failed: {error!r}"))
                 self._wake.set()
+                if span is not None:
+                    tracing.end_with_error(span, type(error).__name__, str(error))
                 continue
             elapsed_ms = (time.perf_counter() - start) * 1e3
+            if span is not None:
+                span.set_attributes({"adaspec.engine.sessions": len(results),
+                                     "adaspec.engine.gathered_ms": (start - gathered_since) * 1e3})
+                span.end()
             self.step_latency_ms = elapsed_ms if not self.steps else 0.8 * self.step_latency_ms + 0.2 * elapsed_ms
             self.steps += 1
+            if self.on_step is not None:
+                self.on_step(elapsed_ms)
             log.debug("step", extra={"engine": self.name, "sessions": len(results), "step_ms": round(elapsed_ms, 2),
                                      "gathered_ms": round((start - gathered_since) * 1e3, 2)})
             replied_at = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The draft engine as an engine target (`adaspec.serving.engine_core`): commands in, plain data out.
+"""The draft engine as an engine target (`adaspec.service_runtime.engine_core`): commands in, plain data out.
 
 It runs where the engine steps (a process of its own, or a worker thread of the service); each
 session's drafts leave it as the serialized `DraftTokens` message the reply carries.
@@ -24,7 +24,7 @@ class DraftTarget:
         return cls(DraftEngine(**engine_args))
 
     def info(self) -> dict:
-        return {}
+        return {"model_path": self.engine.model.path}
 
     def open(self, prompt_token_ids: list[int], params: SamplingParams, seed: int) -> int:
         seq_id = self.engine.open(prompt_token_ids, params, seed)

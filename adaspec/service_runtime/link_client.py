@@ -3,7 +3,7 @@
 `Links.open(address, method, ...)` returns a `LinkStream`: the part of a grpc.aio stream-stream call a
 coordinator uses (`write`, `read`, `done_writing`, `cancel`), with the same errors (`AioRpcError` with the
 session's own status and rich details). Messages written by many sessions in one turn of the event loop
-leave as one `LinkFrames` message (see `adaspec.serving.link_server` for why). A link that fails ends
+leave as one `LinkFrames` message (see `adaspec.service_runtime.link_server` for why). A link that fails ends
 each of its sessions with UNAVAILABLE, and the next `open` to that address starts a new link.
 """
 
@@ -17,7 +17,7 @@ import grpc
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from adaspec.serving.link_server import FRAME_OVERHEAD_BYTES, MAX_LINK_MESSAGE_BYTES, link_messages
+from adaspec.service_runtime.link_server import FRAME_OVERHEAD_BYTES, MAX_LINK_MESSAGE_BYTES, link_messages
 from adaspec.v1 import common_pb2
 
 log = logging.getLogger(__name__)

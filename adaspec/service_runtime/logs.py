@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with the service name and any `extra=` fields."""
+"""Structured logs: one JSON object per line, with the service name, any `extra=` fields, and the trace and span
+ids of the span current where the line was logged (with tracing on: `adaspec.service_runtime.tracing`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import signal
 import sys
 import time
+
+from opentelemetry import trace
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -26,6 +29,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"], entry["span_id"] = f"{span.trace_id:032x}", f"{span.span_id:016x}"
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

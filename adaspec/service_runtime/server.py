@@ -8,6 +8,11 @@ Settings chosen on purpose:
 - Shutdown (SIGTERM or SIGINT): health goes NOT_SERVING first (load balancers and coordinators stop
   sending new work), the service drains (`on_drain`), then the RPCs still running are cancelled; `grace_s`
   bounds the whole shutdown.
+- TLS or mutual TLS, and an API key on the service's own methods, when configured
+  (`adaspec.service_runtime.transport_security`); reflection can be turned off.
+- A request that does not decode gets INVALID_ARGUMENT (`adaspec.service_runtime.undecodable_requests`).
+- With tracing on, the gRPC instrumentation traces each call but the links' and health checks'
+  (`adaspec.service_runtime.tracing`).
 - SIGUSR1 writes every thread's stack to stderr (the log), to see where a stuck process is.
 """
 
@@ -23,7 +28,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from adaspec.serving.port_file import write_address
+from adaspec.service_runtime.port_file import write_address
+from adaspec.service_runtime.tracing import rpc_server_interceptor
+from adaspec.service_runtime.transport_security import RequireApiKey, TlsFiles, channel
+from adaspec.service_runtime.undecodable_requests import RejectUndecodableRequests
 
 MAX_MESSAGE_BYTES = 16 * 2**20
 KEEPALIVE_OPTIONS = [
@@ -51,15 +59,24 @@ class ServiceHost:
     """Hosts servicers on one port with standard health checking and server reflection."""
 
     def __init__(self, name: str, service_names: list[str], host: str = "127.0.0.1", port: int = 0,
-                 grace_s: float = 10.0, port_file: str | None = None):
+                 grace_s: float = 10.0, port_file: str | None = None, tls: TlsFiles | None = None,
+                 api_key: str | None = None, reflection_on: bool = True):
+        """`tls`: serve TLS (mutual TLS with its client CA); `api_key`: required by `service_names`' methods
+        (health and reflection stay open); `reflection_on`: serve gRPC server reflection."""
         self.name, self.service_names = name, service_names
         self.grace_s = grace_s
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = [rpc_server_interceptor(), RequireApiKey(api_key, service_names) if api_key else None,
+                        RejectUndecodableRequests()]  # the first is the outermost: refused unauthenticated, undecoded
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[i for i in interceptors if i is not None])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
-                                            self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if reflection_on:
+            reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                                                self.server)
+        credentials = tls.server_credentials() if tls is not None else None
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"{name}: cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"
@@ -98,11 +115,12 @@ class ServiceHost:
         await self.stop(on_drain)
 
 
-async def wait_until_serving(address: str, timeout_s: float = 60.0, service: str = "") -> None:
+async def wait_until_serving(address: str, timeout_s: float = 60.0, service: str = "",
+                             tls: TlsFiles | None = None) -> None:
     """Poll the standard health service until `address` answers SERVING (what `adaspec up` waits for)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with channel(address, tls) as health_channel:
+        stub = health_pb2_grpc.HealthStub(health_channel)
         while True:
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)

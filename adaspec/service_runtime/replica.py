@@ -10,12 +10,15 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from adaspec.loadstore import open_load_store, redact
-from adaspec.serving.engine_core import EngineCore, ProcessCore, ThreadCore
-from adaspec.serving.heartbeat import Heartbeat
-from adaspec.serving.logs import configure_logging
-from adaspec.serving.port_file import add_port_file_arg
-from adaspec.serving.server import ServiceHost
+from adaspec.loadstore import ReplicaLoad, open_load_store, redact
+from adaspec.service_runtime.engine_core import EngineCore, ProcessCore, ThreadCore
+from adaspec.service_runtime.heartbeat import Heartbeat
+from adaspec.service_runtime.logs import configure_logging
+from adaspec.service_runtime.metrics import ReplicaMetrics, add_metrics_args, serve_metrics
+from adaspec.service_runtime.port_file import add_port_file_arg
+from adaspec.service_runtime.server import ServiceHost
+from adaspec.service_runtime.tracing import configure_tracing
+from adaspec.service_runtime.transport_security import add_security_args, tls_from_args
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: s
                         help="where the engine steps: a process of its own, or a thread of the service (whose "
                              "gRPC then shares the GIL with the step); auto: a process on a GPU, a thread on CPU")
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
+    add_security_args(parser)
+    add_metrics_args(parser)
     parser.add_argument("--log-level", default="info")
 
 
@@ -73,6 +78,7 @@ def start_engine_core(args, kind: str, factory: Callable[..., Any], engine_args:
 
 def run_replica(args, kind: str, service_name: str, build, add_to_server) -> None:
     configure_logging(f"{kind}:{args.replica_id}", args.log_level)
+    configure_tracing(kind)
     if args.threads:
         import torch
 
@@ -81,11 +87,15 @@ def run_replica(args, kind: str, service_name: str, build, add_to_server) -> Non
 
 
 async def _serve(args, kind: str, service_name: str, build, add_to_server) -> None:
-    host = ServiceHost(kind, [service_name], args.host, args.port, grace_s=args.grace_s, port_file=args.port_file)
+    host = ServiceHost(kind, [service_name], args.host, args.port, grace_s=args.grace_s, port_file=args.port_file,
+                       tls=tls_from_args(args), reflection_on=not args.no_reflection)
     service = build(args, host.address)
     add_to_server(service, host.server)
     store = open_load_store(args.redis) if args.redis else None
     heartbeat = Heartbeat(store, service.snapshot, args.heartbeat_s, args.ttl_s)
+    load = service.snapshot()
+    metrics = ReplicaMetrics(load.replica_id, load.pool)
+    service.loop.on_step = metrics.step
     engine_gone = False
 
     def on_engine_gone() -> None:  # a replica without its engine serves nothing: stop, and exit with an error
@@ -97,6 +107,8 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
     service.loop.start()
     await host.start()
     heartbeat.start()
+    metrics_server = serve_metrics(metrics.registry, args.host, args.metrics_port, args.metrics_port_file)
+    gauges = asyncio.create_task(_update_gauges(metrics, service.snapshot, args.heartbeat_s), name="metrics")
     log.info("ready", extra={"replica_id": args.replica_id, "address": host.address,
                              "load_store": redact(args.redis) if args.redis else "polled by the coordinator"})
 
@@ -108,8 +120,18 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
     try:
         await host.run_until_signal(drain)
     finally:
+        gauges.cancel()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await service.loop.stop()
         if store is not None:
             await store.close()
     if engine_gone:
         raise SystemExit(f"{kind} {args.replica_id}: its engine process exited")
+
+
+async def _update_gauges(metrics: ReplicaMetrics, snapshot: Callable[[], ReplicaLoad], interval_s: float) -> None:
+    """The load gauges, refreshed on the event loop as often as the heartbeat (a scrape reads them as they are)."""
+    while True:
+        metrics.update(snapshot())
+        await asyncio.sleep(interval_s)

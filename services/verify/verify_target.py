@@ -1,4 +1,4 @@
-"""The verify engine as an engine target (`adaspec.serving.engine_core`): commands in, plain data out.
+"""The verify engine as an engine target (`adaspec.service_runtime.engine_core`): commands in, plain data out.
 
 It runs where the engine steps (a process of its own, or a worker thread of the service), so what
 the wire brings is parsed here, off the service's event loop: a step arrives as the serialized
@@ -45,7 +45,7 @@ class VerifyTarget:
 
     def info(self) -> dict:
         return {"max_model_len": self.engine.max_model_len, "max_num_seqs": self.engine.scheduler.max_num_seqs,
-                "tokenizer_path": self.engine.target.path}
+                "tokenizer_path": self.engine.target.path, "model_path": self.engine.target.path}
 
     def open(self, prompt: Prompt, params: SamplingParams, resume_output: list[int]) -> OpenedSession:
         seq = self.engine.open(prompt, params, resume_output)
