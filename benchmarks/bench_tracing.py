@@ -6,7 +6,7 @@ The stack (coordinator, one verify and one draft replica, bundled pair) runs alt
 (OTLP/gRPC to a receiver in this process, which keeps every span), `--rounds` times each, starting with a
 different one each round. Each run sends the same `--requests` greedy requests (`fixed:2`, 64 tokens) with
 `--concurrency` in flight. Reported: mean TPOT and wall time per run, on/off ratios per round with their spread,
-and spans exported per request. The waterfall is the first request's trace of the last traced run.
+and spans exported per request. The waterfall is the first request's trace of the last traced run (its first steps).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from adaspec import AsyncClient
 from adaspec.stack import Stack, StackConfig
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
+WATERFALL_STEPS = 10
 PROMPTS = ["def fib(n):", "import os\n", "class Stack:", "for i in range(", "def parse(text):", "# utils\n",
            "async def main():", "x = [", "def __init__(self", "while True:", "try:\n", "return {"]
 
@@ -88,13 +89,17 @@ def draw_waterfall(spans: list[dict], path: Path) -> None:
         return 0 if span["parent"] not in by_id else 1 + depth(by_id[span["parent"]])
 
     spans = sorted(spans, key=lambda s: s["start"])
-    t0 = spans[0]["start"]
+    steps = [s["start"] for s in spans if s["name"] == "speculation step"]
+    if len(steps) > WATERFALL_STEPS:  # the first steps are enough to read; the request's span is cut at the edge
+        spans = [s for s in spans if s["start"] < steps[WATERFALL_STEPS]]
+    t0, t_end = spans[0]["start"], max(s["start"] for s in spans)
     colors = {"adaspec-coordinator": "tab:blue", "adaspec-verify": "tab:orange", "adaspec-draft": "tab:green"}
     fig, ax = plt.subplots(figsize=(11, 0.22 * len(spans) + 1.2))
     for row, span in enumerate(spans):
         start_ms, length_ms = (span["start"] - t0) / 1e6, (span["end"] - span["start"]) / 1e6
         ax.barh(row, max(length_ms, 0.05), left=start_ms, color=colors.get(span["service"], "gray"))
         ax.text(start_ms, row, "  " * depth(span) + span["name"], va="center", ha="right", fontsize=6)
+    ax.set_xlim(0, (t_end - t0) / 1e6 * 1.05)
     ax.invert_yaxis()
     ax.set_yticks([])
     ax.set_xlabel("ms since the request's first span")

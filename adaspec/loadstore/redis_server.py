@@ -130,17 +130,19 @@ class RedisServer:
                 proc.kill()
                 proc.wait()
 
-    def crash_and_restart_after(self, seconds: float) -> None:
-        """SIGKILL the server, wait `seconds`, and start it again, empty, on the same socket (fault benchmarks:
-        a Redis that died and was brought back by its supervisor)."""
-        assert self._proc is not None and self.socket_path is not None, "RedisServer is not running"
-        args, log_path = self._proc.args, Path(self._tmp.name) / "redis.log"
+    def crash(self) -> None:
+        """SIGKILL the server (fault benchmarks); `restart` brings it back."""
+        assert self._proc is not None, "RedisServer is not running"
         self._proc.kill()
         self._proc.wait()
-        time.sleep(seconds)
+
+    def restart(self) -> None:
+        """Start the crashed server again, empty, on the same socket (as its supervisor would)."""
+        assert self._proc is not None and self.socket_path is not None and self._proc.poll() is not None
         self.socket_path.unlink(missing_ok=True)
-        with open(log_path, "ab") as log:
-            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(Path(self._tmp.name) / "redis.log", "ab") as log:
+            self._proc = subprocess.Popen(self._proc.args, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout_s
         while not _pings(self.socket_path):
             if time.monotonic() > deadline or self._proc.poll() is not None:
