@@ -102,8 +102,11 @@ async def overload(address: str, rate: float, seconds: float) -> Counter:
 def run_overload(stack: Stack, args) -> dict:
     pids = {name: p.popen.pid for name, p in stack.processes.items()}
     before = {name: peak_rss_mb(pid) for name, pid in pids.items()}
-    c = asyncio.run(capacity(stack.address))
-    outcomes = asyncio.run(overload(stack.address, 2 * c, args.overload_s))
+    async def measure_then_overload():  # capacity first, then 2x it, on one client event loop
+        c = await capacity(stack.address)
+        return c, await overload(stack.address, 2 * c, args.overload_s)
+
+    c, outcomes = asyncio.run(measure_then_overload())
     time.sleep(2.0)
     after = {name: peak_rss_mb(pid) for name, pid in pids.items()}
     state = replica_state(stack)

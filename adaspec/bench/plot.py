@@ -11,6 +11,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from adaspec.bench.arrivals import rate_label
@@ -42,12 +43,13 @@ def plot_rows(rows: list[dict], path: str | Path, title: str = "") -> None:
     axes = fig.subplots(2, 2).ravel()
     for ax, (key, label) in zip(axes, PANELS, strict=True):
         drawn = False
+        palette = matplotlib.colormaps["tab20"]  # 20 distinct colours: the 10 of the default cycle repeat past 10
         for i, policy in enumerate(policies):
-            color = f"C{i % 10}"
+            color = "black" if policy == "adaspec" else palette(i % palette.N)
             mine = {row["rate"]: row for row in rows if row["policy"] == policy}
             ys = _series(mine, rates, key)
             drawn |= any(not math.isnan(y) for y in ys)
-            ax.plot(x, ys, marker="o", color=color, label=policy)
+            ax.plot(x, ys, marker="o", color=color, label=policy, linewidth=2.5 if policy == "adaspec" else 1.5)
             if any(f"{key}_min" in row for row in mine.values()):
                 ax.fill_between(x, _series(mine, rates, f"{key}_min"), _series(mine, rates, f"{key}_max"),
                                 color=color, alpha=0.15, linewidth=0)

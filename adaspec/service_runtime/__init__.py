@@ -1,1 +1,2 @@
-"""What every AdaSpec gRPC service shares: the engine loop, server setup, conversions, logs."""
+"""What every AdaSpec service runs on: the gRPC host and its security, the engine loop and where the engine
+steps, the links that carry sessions, heartbeats, logs, metrics and tracing."""

@@ -145,7 +145,6 @@ class RequestRun:
         self.step_k = 0  # its draft budget
         self.step_index = itertools.count(1)
         self.draft_failed = False  # in this step
-        self.asked_draft_at = 0.0
         self.next_plain = False  # the next step will not draft either: it may go ahead of this one's reply
 
     async def run(self) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
@@ -261,7 +260,7 @@ class RequestRun:
         try:
             await self.draft.call.write(draft_pb2.DraftRequest(step=step,
                                                                traceparent=tracing.traceparent(self.step_span)))
-            self.asked_draft, self.asked_draft_at = True, time.perf_counter()
+            self.asked_draft = True
         except grpc.aio.AioRpcError as error:
             await self._drop_draft(error)
 
@@ -271,7 +270,6 @@ class RequestRun:
             return common_pb2.DraftTokens()
         try:
             reply = await asyncio.wait_for(self.draft.receive(), self.draft_timeout_s)
-            self.speculation.draft_round_trip((time.perf_counter() - self.asked_draft_at) * 1e3, reply.step_ms)
             return reply.drafts
         except TimeoutError:
             await self._drop_draft(grpc.aio.AioRpcError(

@@ -8,9 +8,11 @@ gets the step as the pure core sees it:
   - the acceptance prior: every verify replica's calibration counts, merged (`LoadView`);
   - the time outside the forwards on that replica (network, gathering: the observed step time of steps
     without drafts minus the model's prediction, averaged over this coordinator's requests there), and what
-    a step that drafts costs besides its draft forwards: the draft replica's round trip less its engine step
-    (which its reply reports), a recent median over this coordinator's requests; only measured while
-    requests draft, so left alone it decays (half-life `STALE_HALF_LIFE_S`) and drafting is tried again.
+    a step that drafts costs on top of that besides its forwards, measured end to end on drafting steps: the
+    draft replica's round trip, and the verify message that cannot leave before the drafts arrive (a step
+    without drafts goes ahead of the previous reply). A recent median over this coordinator's requests; only
+    measured while requests draft, so left alone it decays (half-life `STALE_HALF_LIFE_S`) and drafting is
+    tried again.
 A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
 request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
 draft together share the draft forwards, which no request planning alone could count on. That joint plan is
@@ -77,8 +79,8 @@ class Steps:
         self.policies: dict[str, Policy] = {}
         self.on_replica: dict[str, set[RequestSpeculation]] = defaultdict(set)
         self.overhead_ms: dict[str, float] = {}  # per verify replica: a step's time outside its forwards
-        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per draft replica: its round
-        # trip less its engine step
+        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per draft replica: what a
+        # drafting step costs beyond its forwards and a plain step's overhead
         self._plans: dict[tuple[str, Policy], JointPlan] = {}
 
     def policy(self, spec: str) -> Policy:
@@ -155,7 +157,7 @@ class RequestSpeculation:
         self.curve_sent: tuple[float, ...] | None = None
         self.asked_at: float | None = None  # when the current step's budget was given
         self.forward_ms: float | None = None  # the model's forward time for the current step (None: no model)
-        self.has_drafted = False  # a first draft step also prefills the draft session: it is not a fair sample
+        self.drafting_steps = 0  # the first also prefills the draft session: it is not a fair sample
 
     def on_verify(self, replica_id: str | None) -> None:
         """The request now runs on this verify replica (None: on none)."""
@@ -221,9 +223,15 @@ class RequestSpeculation:
         now = time.perf_counter()
         if self.first_token is None:
             self.first_token = now
-        elif self.forward_ms is not None and self.verify_id is not None and not confidences:
-            beyond = (now - self.asked_at) * 1e3 - self.forward_ms  # a step without drafts: the replica's overhead
-            self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
+        elif self.forward_ms is not None and self.verify_id is not None:
+            beyond = (now - self.asked_at) * 1e3 - self.forward_ms
+            if not confidences:  # a step without drafts: the replica's overhead
+                self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
+            else:
+                self.drafting_steps += 1
+                if self.drafting_steps > 1 and self.draft_id is not None:  # what drafting at all added
+                    extra = beyond - self.steps.overhead_ms.get(self.verify_id, 0.0)
+                    self.steps.draft_overhead[self.draft_id].add(max(0.0, extra), now)
         if confidences:
             calibrated = self.steps.view.calibrator.curve(self.state.greedy)
             self.state.acceptance.observe(confidences, num_accepted, calibrated)
@@ -235,13 +243,6 @@ class RequestSpeculation:
         self.catch_up.token_ids += token_ids
         self.state.output_tokens += len(token_ids)
         self.state.context_tokens += len(token_ids)
-
-    def draft_round_trip(self, elapsed_ms: float, step_ms: float) -> None:
-        """A draft step came back after `elapsed_ms`, of which its engine step took `step_ms`: the rest is what
-        drafting costs besides the forwards (not on the session's first step, whose forward also prefills it)."""
-        if self.has_drafted and self.draft_id is not None:
-            self.steps.draft_overhead[self.draft_id].add(max(0.0, elapsed_ms - step_ms), time.perf_counter())
-        self.has_drafted = True
 
     def take_catch_up(self) -> CatchUp:
         """What the next draft step carries; the draft session's drafts are then outstanding."""
