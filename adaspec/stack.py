@@ -28,7 +28,8 @@ from adaspec.loadstore import RedisServer
 from adaspec.service_runtime.dev_certificates import make_dev_certificates
 from adaspec.service_runtime.lifetime import die_with_parent
 from adaspec.service_runtime.server import wait_until_serving
-from adaspec.service_runtime.transport_security import TlsFiles
+from adaspec.service_runtime.transport_security import TlsFiles, channel
+from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
 
 
 @dataclass
@@ -176,6 +177,12 @@ class Stack:
             # Own session: Ctrl-C reaches only `adaspec up`, which stops the services in order.
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+    def replica_load(self, name: str, timeout_s: float = 5.0) -> common_pb2.ReplicaLoad:
+        """Replica `name`'s own load, asked of it directly (`GetLoad`; not the store's copy, a heartbeat late)."""
+        stub = verify_pb2_grpc.VerifyStub if name.startswith("verify") else draft_pb2_grpc.DraftStub
+        with channel(self.processes[name].address, self.tls, aio=False) as replica:
+            return stub(replica).GetLoad(common_pb2.GetLoadRequest(), timeout=timeout_s)
 
     def _metrics_port_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.metrics.port"

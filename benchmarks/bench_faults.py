@@ -33,7 +33,6 @@ from tqdm import tqdm
 from adaspec import AsyncClient, Client
 from adaspec.errors import AdaSpecError
 from adaspec.stack import Stack, StackConfig
-from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 PROMPTS = [f"def task_{i}(items):\n    " for i in range(64)]
@@ -49,16 +48,10 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def replica_state(stack: Stack) -> dict[str, tuple[int, int, int]]:
-    """(sessions, free KV blocks, total KV blocks) of every replica, read from it directly."""
-    state = {}
-    for name, process in stack.processes.items():
-        if not name.startswith(("verify", "draft")) or process.popen.poll() is not None:
-            continue
-        stub = (verify_pb2_grpc.VerifyStub if name.startswith("verify") else draft_pb2_grpc.DraftStub)
-        with grpc.insecure_channel(process.address) as channel:
-            load = stub(channel).GetLoad(common_pb2.GetLoadRequest(), timeout=5)
-        state[name] = (load.sessions, load.free_kv_blocks, load.total_kv_blocks)
-    return state
+    """(sessions, free KV blocks, total KV blocks) of every live replica, read from it directly."""
+    loads = {name: stack.replica_load(name) for name, p in stack.processes.items()
+             if name.startswith(("verify", "draft")) and p.popen.poll() is None}
+    return {name: (load.sessions, load.free_kv_blocks, load.total_kv_blocks) for name, load in loads.items()}
 
 
 async def one(client: AsyncClient, i: int) -> tuple[str, object]:

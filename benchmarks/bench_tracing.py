@@ -16,14 +16,11 @@ import asyncio
 import json
 import os
 import statistics
-import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from unittest import mock
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from otlp_receiver import OtlpReceiver  # the script directory is on sys.path
 from tqdm import tqdm
 
 from adaspec import AsyncClient
@@ -33,22 +30,6 @@ OUT_DIR = Path(__file__).resolve().parent / "results"
 WATERFALL_STEPS = 10
 PROMPTS = ["def fib(n):", "import os\n", "class Stack:", "for i in range(", "def parse(text):", "# utils\n",
            "async def main():", "x = [", "def __init__(self", "while True:", "try:\n", "return {"]
-
-
-class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self):
-        self.spans: list[dict] = []
-        self.lock = threading.Lock()
-
-    def Export(self, request, context):
-        with self.lock:
-            for resource in request.resource_spans:
-                service = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
-                self.spans += [{"service": service, "name": s.name, "trace_id": s.trace_id.hex(),
-                                "span_id": s.span_id.hex(), "parent": s.parent_span_id.hex(),
-                                "start": s.start_time_unix_nano, "end": s.end_time_unix_nano}
-                               for scope in resource.scope_spans for s in scope.spans]
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 async def workload(address: str, requests: int, concurrency: int) -> tuple[list, float]:
@@ -117,11 +98,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "tracing.json")
     args = parser.parse_args()
 
-    sink = SpanSink()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
-    sink_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    sink = OtlpReceiver()
+    sink_port = sink.start()
     runs = []
     try:
         order = [(r, traced) for r in range(args.rounds) for traced in ((False, True) if r % 2 == 0 else (True, False))]
@@ -129,7 +107,7 @@ def main() -> None:
             runs.append({"round": r, **run(traced, sink_port, args)})
         time.sleep(1.5)  # the last batch of spans
     finally:
-        server.stop(0)
+        sink.stop()
 
     ratios = {key: [next(x[key] for x in runs if x["round"] == r and x["traced"])
                     / next(x[key] for x in runs if x["round"] == r and not x["traced"]) for r in range(args.rounds)]

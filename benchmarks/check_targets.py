@@ -58,11 +58,11 @@ def main() -> None:
         best_slo = max(rows[(p, rate)]["slo_attainment"] or 0 for p in others)
         best_goodput = max(rows[(p, rate)]["goodput"] or 0 for p in others)
         best_static = min(static, key=lambda p: rows[(p, rate)]["mean_tpot_ms"] or math.inf)
-        t = a["mean_tpot_ms"]
-        print(f"| {rate:g} | {t:.1f}{spread(data, 'adaspec', rate, 'mean_tpot_ms')} | {best} "
-              f"({rows[(best, rate)]['mean_tpot_ms']:.1f}) | {t / rows[(best, rate)]['mean_tpot_ms']:.3f} | "
-              f"{a['slo_attainment']:.0%} | {best_slo:.0%} | {a['goodput']:.2f} | {best_goodput:.2f} | {best_static} "
-              f"({rows[(best_static, rate)]['mean_tpot_ms']:.1f}) | {t / rows[(best_static, rate)]['mean_tpot_ms']:.3f} |")
+        t, t_best, t_static = (a["mean_tpot_ms"], rows[(best, rate)]["mean_tpot_ms"],
+                               rows[(best_static, rate)]["mean_tpot_ms"])
+        print(f"| {rate:g} | {t:.1f}{spread(data, 'adaspec', rate, 'mean_tpot_ms')} | {best} ({t_best:.1f}) | "
+              f"{t / t_best:.3f} | {a['slo_attainment']:.0%} | {best_slo:.0%} | {a['goodput']:.2f} | "
+              f"{best_goodput:.2f} | {best_static} ({t_static:.1f}) | {t / t_static:.3f} |")
         if ("fixed:4", rate) in rows:
             gap = rows[("fixed:4", rate)]["mean_tpot_ms"] / rows[(best_static, rate)]["mean_tpot_ms"]
             if worst_fixed4 is None or gap > worst_fixed4[0]:

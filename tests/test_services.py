@@ -19,7 +19,7 @@ from adaspec import AsyncClient, Client, SamplingParams
 from adaspec.errors import DeadlineExceeded, InvalidArgument
 from adaspec.loadstore import RedisLoadStore
 from adaspec.stack import Stack, StackConfig
-from adaspec.v1 import common_pb2, draft_pb2_grpc, verify_pb2_grpc
+from adaspec.v1 import common_pb2
 from tests.conftest import HELD_OUT_SNIPPETS
 
 TTL_S = 2.0
@@ -39,9 +39,7 @@ def stack(tmp_path_factory):
 
 def replica_load(stack: Stack, name: str) -> common_pb2.ReplicaLoad:
     """A replica's own statistics, read from it directly (not through the store's heartbeat lag)."""
-    stub_class = verify_pb2_grpc.VerifyStub if name.startswith("verify") else draft_pb2_grpc.DraftStub
-    with grpc.insecure_channel(stack.processes[name].address) as channel:
-        return stub_class(channel).GetLoad(common_pb2.GetLoadRequest(), timeout=5)
+    return stack.replica_load(name)
 
 
 def wait_for_baseline(stack: Stack, baseline: dict[str, int], timeout_s: float = 10.0) -> None:

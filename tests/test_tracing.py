@@ -9,63 +9,23 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
-from concurrent import futures
 from unittest import mock
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from adaspec import AsyncClient, Client
 from adaspec.service_runtime import tracing
 from adaspec.service_runtime.logs import JsonFormatter
 from adaspec.stack import Stack, StackConfig
-from tests.test_services import replica_load
-
-
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver: every span exported to it, with its service's name."""
-
-    def __init__(self):
-        self.spans: list[dict] = []
-        self.lock = threading.Lock()
-
-    def Export(self, request, context):
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                service = next(a.value.string_value for a in resource_spans.resource.attributes
-                               if a.key == "service.name")
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans:
-                        self.spans.append({
-                            "service": service, "name": span.name, "trace_id": span.trace_id.hex(),
-                            "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
-                            "status": span.status.code, "links": [link.span_id.hex() for link in span.links],
-                            "attributes": {a.key: _value(a.value) for a in span.attributes}})
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def of_trace(self, trace_id: str) -> list[dict]:
-        with self.lock:
-            return [s for s in self.spans if s["trace_id"] == trace_id]
-
-
-def _value(value):
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind)
+from benchmarks.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    receiver = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    receiver = OtlpReceiver()
+    port = receiver.start()
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
            "OTEL_BSP_SCHEDULE_DELAY": "100"}
     stack = Stack(StackConfig(log_dir=str(tmp_path_factory.mktemp("traced-logs"))))
@@ -75,7 +35,7 @@ def traced(tmp_path_factory):
         yield stack, receiver
     finally:
         stack.stop()  # before the receiver: the services flush their last spans as they exit
-        server.stop(0)
+        receiver.stop()
 
 
 def wait_for(condition, timeout_s: float = 15.0):
@@ -162,7 +122,7 @@ def test_a_cancelled_request_is_cancelled_in_the_services_with_tracing_on(traced
             pass
         stream.close()
     deadline = time.monotonic() + 10
-    while replica_load(stack, "verify-0").sessions or replica_load(stack, "draft-0").sessions:
+    while stack.replica_load("verify-0").sessions or stack.replica_load("draft-0").sessions:
         assert time.monotonic() < deadline, "the cancelled request's sessions stayed open"
         time.sleep(0.1)
     cancelled = wait_for(lambda: [s for s in receiver.spans if s["name"].startswith("text_completion")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from typing import Any
 
 from adaspec.client._retry import Attempts
-from adaspec.service_runtime.transport_security import API_KEY_ENV, TlsFiles, bearer
+from adaspec.service_runtime.transport_security import TlsFiles, bearer, read_api_key
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"  # where `adaspec up` and `adaspec serve coordinator` listen by default
 
@@ -39,7 +38,7 @@ class ClientBase:
         self._tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca)
         if self._tls.cert is not None and self._tls.ca is None:
             raise ValueError("tls_cert and tls_key need tls_ca (the CA that signs the coordinator's certificate)")
-        self._metadata = bearer(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
+        self._metadata = bearer(api_key if api_key is not None else read_api_key(None))
         self._rng = random.Random()
 
     def _attempts(self, timeout: float | None) -> Attempts:

@@ -9,6 +9,7 @@ from typing import Any
 from opentelemetry import trace
 
 from adaspec.errors import InvalidArgument, bad_request
+from adaspec.service_runtime.tracing import traceparent
 from adaspec.v1 import coordinator_pb2
 
 Prompt = str | Iterable[int]
@@ -153,9 +154,9 @@ def build_request(prompt: Prompt, *, max_tokens: int | None = None, temperature:
         s.set("params.stop_token_ids", stop_token_ids, repeated=True)
     if policy:
         s.set("policy", policy)
-    parent = trace.get_current_span().get_span_context()
-    if parent.is_valid:  # the caller's trace (an OpenTelemetry span current here) goes on in the service
-        s.set("traceparent", f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{int(parent.trace_flags):02x}")
+    parent = traceparent(trace.get_current_span())
+    if parent:  # the caller's trace (an OpenTelemetry span current here) goes on in the service
+        s.set("traceparent", parent)
     if ttft_ms is not None:
         s.set("slo.ttft_ms", ttft_ms)
     if tpot_ms is not None:

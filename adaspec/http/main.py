@@ -14,7 +14,7 @@ from pathlib import Path
 from adaspec.client._base import DEFAULT_ADDRESS
 from adaspec.service_runtime.metrics import add_metrics_args
 from adaspec.service_runtime.port_file import add_port_file_arg
-from adaspec.service_runtime.transport_security import API_KEY_ENV, TlsFiles, add_tls_args, read_api_key
+from adaspec.service_runtime.transport_security import API_KEY_ENV, add_tls_args, read_api_key, tls_from_args
 
 DEFAULT_PORT = 8000
 
@@ -65,7 +65,7 @@ def main(args) -> None:
     settings = HttpSettings(coordinator=args.coordinator, model_name=args.served_model_name or tokenizer.name,
                             chat_template=ChatTemplate.load(tokenizer), api_key=api_key(args),
                             request_timeout_s=args.request_timeout, max_retries=args.max_retries,
-                            coordinator_tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca, args.tls_client_ca))
+                            coordinator_tls=tls_from_args(args))
     log.info("starting", extra={"address": f"{args.host}:{args.port}", "coordinator": args.coordinator,
                                 "model": settings.model_name, "chat_template": settings.chat_template.kind,
                                 "auth": settings.api_key is not None})

@@ -5,7 +5,8 @@ endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPO
 `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Spans are exported over OTLP/gRPC in batches (the
 SDK reads `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` and `OTEL_RESOURCE_ATTRIBUTES`); the service name is
 `OTEL_SERVICE_NAME`, else `adaspec-<service>`. Off, no provider is installed: the API's tracer hands out
-non-recording spans, and the services skip the work of building attributes (`enabled()`).
+non-recording spans, the coordinator builds no span attributes (`enabled()`), and the replicas' step spans
+(`SessionSteps`) are not made.
 
 Trace context crosses the services inside the messages (the `traceparent` fields, W3C format), not in the
 calls' metadata: one link stream carries many sessions' steps, each of which belongs to its own request's
@@ -75,11 +76,10 @@ def configure_tracing(service: str) -> None:
 
 
 def traceparent(span: trace.Span) -> str:
-    """`span`'s W3C traceparent ("" when it records nothing)."""
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return ""
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    """`span`'s W3C traceparent ("" for an invalid span: tracing off, or no span current)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
 
 
 def parent_from(traceparent_value: str) -> otel_context.Context | None:

@@ -14,8 +14,8 @@ n < k) rejected, each given its predecessors; drafts after n+1 were never tested
 `AcceptanceCalibrator` maps c to a with `NUM_BINS` bins of decayed counts (accepted, tested), each with a
 Beta prior centred on a typical acceptance (`PRIOR_ACCEPTANCE`, the same in every bin: raw confidence is a
 poor starting guess, a small draft's softmax is flat: tokens it gives 0.15 were accepted 94 % of the time
-here), made monotone in c (pool adjacent violators). Its counts are plain numbers, so replicas publish them in their heartbeat and coordinators
-merge them into the global prior. `RequestAcceptance` adjusts it to one request: a request whose tokens
+here), made monotone in c (pool adjacent violators). Its counts are plain numbers, so replicas publish them in
+their heartbeat and coordinators merge them into the global prior. `RequestAcceptance` adjusts it to one request: a request whose tokens
 are easier or harder than the average shows it in a few steps.
 """
 
