@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run one service (what a container runs)")
     services = serve.add_subparsers(dest="service", required=True)
-    from services.coordinator.main import add_args as coordinator_args
+    from adaspec.services.coordinator.main import add_args as coordinator_args
 
     coordinator_args(services.add_parser("coordinator", help="the public API"))
-    from services.draft.main import add_args as draft_args
-    from services.verify.main import add_args as verify_args
+    from adaspec.services.draft.main import add_args as draft_args
+    from adaspec.services.verify.main import add_args as verify_args
 
     verify_args(services.add_parser("verify", help="a verify replica (target model)"))
     draft_args(services.add_parser("draft", help="a draft replica (draft model)"))
@@ -157,7 +157,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    module = "adaspec.http.main" if args.service == "http" else f"services.{args.service}.main"
+    module = "adaspec.http.main" if args.service == "http" else f"adaspec.services.{args.service}.main"
     importlib.import_module(module).main(args)
     return 0
 

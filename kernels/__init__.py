@@ -13,8 +13,8 @@ from types import ModuleType
 
 import torch
 
-from kernels import paged_attention_ref, rejection_sampler_ref
-from kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID
+from adaspec.kernels import paged_attention_ref, rejection_sampler_ref
+from adaspec.kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID
 
 FORCE_TRITON_ENV = "ADASPEC_FORCE_TRITON"
 _triton_modules: tuple[ModuleType, ModuleType] | None = None
@@ -26,7 +26,7 @@ def _triton_kernels() -> tuple[ModuleType, ModuleType] | None:
     global _triton_modules, _triton_error
     if _triton_modules is None and _triton_error is None:
         try:
-            from kernels import paged_attention_triton, rejection_sampler_triton
+            from adaspec.kernels import paged_attention_triton, rejection_sampler_triton
         except ImportError as error:
             _triton_error = error
         else:
@@ -56,7 +56,7 @@ def rejection_sample(
     seeds: torch.Tensor,  # [batch] int64
     max_spec_len: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See `kernels.rejection_sampler_ref.rejection_sample`."""
+    """See `adaspec.kernels.rejection_sampler_ref.rejection_sample`."""
     impl = _triton_kernels()[1] if uses_triton(target_logits) else rejection_sampler_ref
     return impl.rejection_sample(
         target_logits, draft_token_ids, draft_topk_ids, draft_topk_probs, cu_num_draft_tokens,
@@ -75,7 +75,7 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """See `kernels.paged_attention_ref.paged_attention`."""
+    """See `adaspec.kernels.paged_attention_ref.paged_attention`."""
     impl = _triton_kernels()[0] if uses_triton(query) else paged_attention_ref
     return impl.paged_attention(
         query, key_cache, value_cache, block_tables, cu_query_lens, seq_lens, scale, max_query_len, max_seq_len

@@ -119,7 +119,7 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """Same contract as `kernels.paged_attention_ref.paged_attention` (max_seq_len is only checked)."""
+    """Same contract as `adaspec.kernels.paged_attention_ref.paged_attention` (max_seq_len is only checked)."""
     assert query.dim() == 3 and key_cache.dim() == 4 and block_tables.dim() == 2
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape

@@ -14,7 +14,7 @@ the target's argmax and emit the argmax at the first mismatch. Either way the ou
 exactly as sampling from the target alone (lossless).
 
 Target logits rows are laid out request by request, k_i + 1 rows each: row j < k_i scores draft
-token j, row k_i the bonus position. Randomness comes from `kernels.rng.uniform(seed, counter)`:
+token j, row k_i the bonus position. Randomness comes from `adaspec.kernels.rng.uniform(seed, counter)`:
 counter j for draft j's acceptance test, RACE_OFFSET + v for vocabulary entry v of the exponential
 race that samples the recovered or bonus token (argmax_v w(v) / E_v with E_v ~ Exp(1) samples
 from w / sum(w), so max(0, p - q) is never normalised). When p ~ q, fp32 rounding can reject a draft
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.rng import uniform
-from kernels.sampling import processed_probs
+from adaspec.kernels.rng import uniform
+from adaspec.kernels.sampling import processed_probs
 
 PLACEHOLDER_TOKEN_ID = -1
 MAX_SPEC_LEN = 63

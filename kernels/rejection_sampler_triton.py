@@ -1,6 +1,6 @@
 """Rejection sampling over a ragged batch of drafts — Triton kernels, same contract as the reference.
 
-Vocabulary (as in `kernels.rejection_sampler_ref`): draft tokens are the k_i tokens request i's draft
+Vocabulary (as in `adaspec.kernels.rejection_sampler_ref`): draft tokens are the k_i tokens request i's draft
 proposed; accepted tokens the leading draft tokens that pass verification; the recovered token is
 drawn from normalize(max(0, p - q)) at the first rejected position; the bonus token is drawn from p
 when all k_i draft tokens are accepted. p is the target distribution (temperature, top-k, top-p), q
@@ -19,7 +19,7 @@ Three or four launches, each over greedy and sampled requests alike:
    when rounding leaves no positive max(0, p - q).
 4. `_race_pick_kernel`, one program per request, only when the vocabulary is split: the best split
    wins (ties: lowest token id, as torch.argmax) and its token is written after the accepted ones.
-Random numbers are `kernels.rng.uniform(seed, counter)`, bit for bit (`rng_triton`), so on the same
+Random numbers are `adaspec.kernels.rng.uniform(seed, counter)`, bit for bit (`rng_triton`), so on the same
 inputs the outputs equal the reference's up to fp32 rounding of p (a decision flips only when u*q(x)
 and p(x), or two race scores, agree to ~1e-7 relative).
 """
@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID, RACE_OFFSET, check_shapes
-from kernels.rng_triton import seed_key, uniform_from_key
-from kernels.sampling_triton import (
+from adaspec.kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID, RACE_OFFSET, check_shapes
+from adaspec.kernels.rng_triton import seed_key, uniform_from_key
+from adaspec.kernels.sampling_triton import (
     request_span,
     row_temperature,
     running_argmax,
@@ -226,7 +226,7 @@ def rejection_sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (num_accepted [batch] int64, output_token_ids [batch, max_spec_len + 1] int64).
 
-    Same contract as `kernels.rejection_sampler_ref.rejection_sample`; k_i <= max_spec_len is trusted
+    Same contract as `adaspec.kernels.rejection_sampler_ref.rejection_sample`; k_i <= max_spec_len is trusted
     (checking it would need a device-to-host sync).
     """
     batch, num_draft_tokens = check_shapes(target_logits, draft_token_ids, draft_topk_ids, draft_topk_probs,

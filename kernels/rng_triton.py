@@ -1,4 +1,4 @@
-"""`kernels.rng.uniform` in Triton: the same (seed, counter) -> uniform bits as the PyTorch reference.
+"""`adaspec.kernels.rng.uniform` in Triton: the same (seed, counter) -> uniform bits as the PyTorch reference.
 
 The PyTorch version emulates wrapping 32-bit multiplies in int64; here the arithmetic is native
 tl.uint32, whose multiply and add wrap modulo 2**32 by definition, so both produce identical floats.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels import rng
+from adaspec.kernels import rng
 
 GOLDEN32 = tl.constexpr(rng.GOLDEN32)
 MIX_MUL_1 = tl.constexpr(rng.MIX_MUL_1)

@@ -12,7 +12,7 @@ Both filters are thresholds on the scaled logit s, so ties are always kept toget
   a strictly larger s is < top_p: mass after top-k (ties with the k-th logit included), normalised
   over what top-k kept. So ties with the last kept token are kept too, and with top_p <= 0 the top
   logit (and its ties) remains. Rows with top_p >= 1 (compared as fp32) skip top-p entirely.
-`kernels.sampling_triton` implements the same rule without sorting.
+`adaspec.kernels.sampling_triton` implements the same rule without sorting.
 """
 
 from __future__ import annotations

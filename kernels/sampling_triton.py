@@ -1,11 +1,11 @@
-"""`kernels.sampling.processed_probs` for the target rows in Triton, without materialising p.
+"""`adaspec.kernels.sampling.processed_probs` for the target rows in Triton, without materialising p.
 
 `target_row_stats_kernel` reduces each target row to a few numbers from which any p(v) is one logit
 away (`target_prob`): the max scaled logit, 1 / (sum of exp over the kept tokens), and the keep
 threshold, an order-preserving int32 key of the smallest kept scaled logit s (`float_key`). Greedy
 rows get the argmax of the raw logits instead.
 
-The top-k / top-p rule is `kernels.sampling`'s (ties are kept together). Both filters are one
+The top-k / top-p rule is `adaspec.kernels.sampling`'s (ties are kept together). Both filters are one
 predicate over the data values v of the row:
 
     kept(v)  <=>  stat(s > v) < limit,    stat = count (limit = k)  or  mass exp(s - max) (limit = top_p * Z)

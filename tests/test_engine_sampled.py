@@ -28,8 +28,8 @@ from adaspec.speculation.acceptance import RAW
 from adaspec.speculation.draft_budget import BatchGoodputRule, DraftBudget
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
 from adaspec.speculation.policies import Policy
-from kernels.rejection_sampler_ref import rejection_sample
-from kernels.sampling import processed_probs
+from adaspec.kernels.rejection_sampler_ref import rejection_sample
+from adaspec.kernels.sampling import processed_probs
 
 PROMPT = [0, 452, 286, 1340, 8, 78]  # "def fib(n"
 NUM_TOKENS, TOP_K, TEMPERATURE, SAMPLES = 4, 3, 1.5, 3000

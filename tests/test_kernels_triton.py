@@ -28,18 +28,18 @@ triton = pytest.importorskip("triton", exc_type=ImportError)  # also a broken in
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-import kernels
-from kernels import (
+from adaspec import kernels
+from adaspec.kernels import (
     PLACEHOLDER_TOKEN_ID,
     paged_attention_ref,
     paged_attention_triton,
     rejection_sampler_ref,
     rejection_sampler_triton,
 )
-from kernels.rng import uniform
-from kernels.rng_triton import seed_key, uniform_from_key
-from kernels.sampling import processed_probs
-from kernels.sampling_triton import target_row_stats_kernel
+from adaspec.kernels.rng import uniform
+from adaspec.kernels.rng_triton import seed_key, uniform_from_key
+from adaspec.kernels.sampling import processed_probs
+from adaspec.kernels.sampling_triton import target_row_stats_kernel
 from tests.test_rejection_sampler import TIED_LOGITS, first_token_pvalue, zero_residual_case
 
 if not isinstance(tl.max, InterpretedFunction):  # named on a plain pytest run's command line

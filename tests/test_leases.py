@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from adaspec.loadstore import InProcessLoadStore, RedisLoadStore, RedisServer
-from services.coordinator.leases import Leases
+from adaspec.services.coordinator.leases import Leases
 
 
 class AnswersLate(InProcessLoadStore):

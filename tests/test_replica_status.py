@@ -8,8 +8,8 @@ from adaspec.engine.draft_engine import DraftEngine, DraftWork
 from adaspec.engine.verify_engine import VerifyEngine
 from adaspec.speculation.draft_budget import DraftBudget
 from adaspec.v1 import common_pb2
-from services.draft.draft_target import DraftTarget
-from services.verify.verify_target import VerifyTarget
+from adaspec.services.draft.draft_target import DraftTarget
+from adaspec.services.verify.verify_target import VerifyTarget
 
 PARAMS = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
 

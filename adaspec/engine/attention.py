@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface
 
-import kernels
+from adaspec import kernels
 from adaspec.engine.kv_cache import PagedKVCache
-from kernels.paged_attention_ref import AttentionPlan, attend, plan_attention
+from adaspec.kernels.paged_attention_ref import AttentionPlan, attend, plan_attention
 
 ATTENTION_NAME = "adaspec_paged"
 

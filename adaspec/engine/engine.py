@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import kernels
+from adaspec import kernels
 from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine import latency_probe
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
@@ -49,7 +49,7 @@ from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.latency_profile import LatencyProfile
 from adaspec.speculation.policies import DEFAULT_POLICY, Policy
 from adaspec.speculation.step_state import StepLoad
-from kernels.rng import splitmix64
+from adaspec.kernels.rng import splitmix64
 
 VERIFY_STREAM = 2
 

@@ -15,9 +15,9 @@ from adaspec.service_runtime.tracing import configure_tracing
 from adaspec.service_runtime.transport_security import API_KEY_ENV, add_security_args, read_api_key, tls_from_args
 from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 from adaspec.v1 import coordinator_pb2_grpc
-from services.coordinator.load_poller import LoadPoller
-from services.coordinator.load_view import LoadView
-from services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
+from adaspec.services.coordinator.load_poller import LoadPoller
+from adaspec.services.coordinator.load_view import LoadView
+from adaspec.services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
 
 # Interactive serving defaults (those of the demo; the AdaSpec paper fixes 40 ms): requests may name their own.
 DEFAULT_TTFT_MS, DEFAULT_TPOT_MS = 1000.0, 50.0

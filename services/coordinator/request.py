@@ -2,7 +2,7 @@
 
     open     lease the verify replica that best meets the request's SLOs, open its session: prefill, the
              first token (another replica if it fails)
-    propose  the request's policy gives this step's draft budget (`services.coordinator.speculation`); if it
+    propose  the request's policy gives this step's draft budget (`adaspec.services.coordinator.speculation`); if it
              allows drafts, ask the draft session to commit what was accepted and draft within it, before the
              client is written to, so the draft works meanwhile; at k = 0 the draft is not asked at all
     verify   the verify session checks them: accepted drafts, then the target's own token
@@ -42,8 +42,8 @@ from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.speculation.policies import Policy
 from adaspec.speculation.step_state import RequestState
 from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
-from services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
-from services.coordinator.speculation import RequestSpeculation, Steps
+from adaspec.services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
+from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 
 log = logging.getLogger(__name__)
 # Sessions run on the replica's link (one stream per coordinator and replica): (method, serialize, parse)

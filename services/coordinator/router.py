@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from adaspec.loadstore import ReplicaLoad
 from adaspec.speculation import routing
-from services.coordinator.leases import Leases
-from services.coordinator.load_view import LoadView, latency_model
+from adaspec.services.coordinator.leases import Leases
+from adaspec.services.coordinator.load_view import LoadView, latency_model
 
 
 class NoReplica(Exception):

@@ -28,11 +28,11 @@ from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.service_runtime.server import CHANNEL_OPTIONS
 from adaspec.service_runtime.transport_security import TlsFiles, channel
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
-from services.coordinator.leases import Leases
-from services.coordinator.load_view import LoadView
-from services.coordinator.request import RequestFailed, RequestRun, RequestSpec
-from services.coordinator.router import Router
-from services.coordinator.speculation import Steps
+from adaspec.services.coordinator.leases import Leases
+from adaspec.services.coordinator.load_view import LoadView
+from adaspec.services.coordinator.request import RequestFailed, RequestRun, RequestSpec
+from adaspec.services.coordinator.router import Router
+from adaspec.services.coordinator.speculation import Steps
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 # Limits set on purpose (docs/limits in README): a prompt must reach a replica in one link frame, with room to spare

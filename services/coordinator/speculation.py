@@ -39,7 +39,7 @@ from adaspec.speculation.efficiency import expected_tokens, geometric_curve, ste
 from adaspec.speculation.latency_profile import LatencyModel
 from adaspec.speculation.policies import Policy, make_policy
 from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
-from services.coordinator.load_view import LoadView, latency_model
+from adaspec.services.coordinator.load_view import LoadView, latency_model
 
 log = logging.getLogger(__name__)
 OVERHEAD_WEIGHT = 0.05

@@ -23,8 +23,8 @@ def build(args, address: str):
     from transformers import AutoTokenizer
 
     from adaspec.service_runtime.replica import start_engine_core
-    from services.verify.service import VerifyService
-    from services.verify.verify_target import VerifyTarget
+    from adaspec.services.verify.service import VerifyService
+    from adaspec.services.verify.verify_target import VerifyTarget
 
     engine_args = dict(
         target=args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
@@ -38,6 +38,6 @@ def build(args, address: str):
 
 def main(args) -> None:
     from adaspec.v1 import verify_pb2_grpc
-    from services.verify.service import SERVICE_NAME
+    from adaspec.services.verify.service import SERVICE_NAME
 
     run_replica(args, "verify", SERVICE_NAME, build, verify_pb2_grpc.add_VerifyServicer_to_server)
