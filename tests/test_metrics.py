@@ -36,7 +36,7 @@ def test_each_service_emits_exactly_the_planned_metrics():
     coordinator = CoordinatorMetrics()
     coordinator.step("default", "adaspec", 3, 2)  # a labelled metric shows its labels once it has a sample
     coordinator.finished("adaspec", 0.1, 0.02, 1.0, True)
-    replica = ReplicaMetrics("verify-0", "default")
+    replica = ReplicaMetrics("verify", "verify-0", "default")
     replica.update(ReplicaLoad(replica_id="verify-0", kind="verify", pool="default", address="127.0.0.1:1",
                                sessions=2, free_kv_blocks=30, total_kv_blocks=40, queued_tokens=7))
     replica.step(12.0)

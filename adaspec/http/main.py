@@ -58,8 +58,10 @@ def main(args) -> None:
     from adaspec.http.server import serve
     from adaspec.service_runtime.logs import configure_logging
     from adaspec.service_runtime.metrics import new_registry, serve_metrics
+    from adaspec.service_runtime.tracing import configure_tracing, instrument_http_app
 
     configure_logging("http", args.log_level)
+    configure_tracing("http")
     serve_metrics(new_registry(), args.host, args.metrics_port, args.metrics_port_file)  # a daemon thread
     tokenizer = Path(args.tokenizer) if args.tokenizer else BUNDLED_TARGET
     settings = HttpSettings(coordinator=args.coordinator, model_name=args.served_model_name or tokenizer.name,
@@ -69,5 +71,7 @@ def main(args) -> None:
     log.info("starting", extra={"address": f"{args.host}:{args.port}", "coordinator": args.coordinator,
                                 "model": settings.model_name, "chat_template": settings.chat_template.kind,
                                 "auth": settings.api_key is not None})
-    serve(create_app(settings), args.host, args.port, grace_s=args.grace_s, log_level=args.log_level,
+    app = create_app(settings)
+    instrument_http_app(app)
+    serve(app, args.host, args.port, grace_s=args.grace_s, log_level=args.log_level,
           port_file=args.port_file, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)

@@ -1,12 +1,19 @@
-"""The services' Prometheus metrics: what each records, and the scrape endpoint (`--metrics-port`).
+"""The services' metrics: what each records, the scrape endpoint (`--metrics-port`) and the OTLP export.
 
-The names, types and labels are the "Metrics plan" table of docs/deployment.md (the Grafana dashboard reads
-them; a test checks this module against the table). The `gen_ai_*` histograms are the OpenTelemetry GenAI
-semantic conventions' server metrics under their Prometheus names, with the conventions' recommended bucket
-boundaries; the speculation counters are vLLM's `spec_decode` ones, so the usual acceptance charts carry over.
+The instruments are OpenTelemetry ones, read by two readers of one meter provider per service: the Prometheus
+reader behind the scrape endpoint, and, when the `OTEL_*` variables ask for metrics (`otel_env`), a periodic
+OTLP/gRPC export (every `OTEL_METRIC_EXPORT_INTERVAL` ms, 60 s by default). Both carry the same cumulative
+values. The instruments' names are the OpenTelemetry ones (`gen_ai.server.time_to_first_token`, unit `s`);
+the scrape shows them as the OpenTelemetry-to-Prometheus rules (the collector's too) name them: dots to
+underscores, the unit as a suffix, `_total` on counters. Those Prometheus names, types and labels are the
+"Metrics" table of docs/deployment.md (the Grafana dashboard reads them; a test checks this module against
+the table). The `gen_ai.*` histograms are the GenAI semantic conventions' server metrics with their
+recommended bucket boundaries; the speculation counters are vLLM's `spec_decode` ones, so the usual
+acceptance charts carry over.
 
-Each service keeps a registry of its own (tests run several services in one process) and serves it with
-prometheus-client's HTTP server, a daemon thread: a scrape reads the metric objects only, never the engine.
+Each service has a meter provider and a registry of its own (tests run several services in one process); the
+registry also holds the process's own collectors (scrape only), and prometheus-client's HTTP server, a daemon
+thread, serves it: a scrape reads the instruments' aggregates only, never the engine.
 """
 
 from __future__ import annotations
@@ -15,17 +22,13 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    start_http_server,
-)
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
 
+from adaspec.service_runtime.otel_env import export_requested, exporters, service_resource
 from adaspec.service_runtime.port_file import write_address
 
 if TYPE_CHECKING:  # the HTTP API declares its arguments from here and has no load store
@@ -57,6 +60,25 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
+def new_meter(service: str, registry: CollectorRegistry) -> Meter:
+    """A meter of a provider of `service`'s own, read into `registry` at each scrape and, when the environment
+    asks for it, exported over OTLP (or to stdout: `OTEL_METRICS_EXPORTER=console`)."""
+    # no target_info series and no otel_scope_* labels: the scrape keeps the planned names and labels
+    readers: list[MetricReader] = [PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False,
+                                                          registry=registry)]
+    if export_requested("metrics"):
+        chosen = exporters("metrics")
+        if "otlp" in chosen:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        if "console" in chosen:
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+        log.info("metrics export", extra={"exporters": sorted(chosen)})
+    # shut down at exit (the provider's default): the periodic readers export once more first
+    return MeterProvider(metric_readers=readers, resource=service_resource(service)).get_meter("adaspec")
+
+
 def serve_metrics(registry: CollectorRegistry, host: str, port: int | None, port_file: str | None = None):
     """Start the scrape endpoint (None: none) and return its server (`shutdown()` stops it)."""
     if port is None:
@@ -73,64 +95,67 @@ class CoordinatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else new_registry()
-        r = self.registry
-        self.ttft = Histogram("gen_ai_server_time_to_first_token_seconds", "Time from a request's arrival to its "
-                              "first output token", ["policy"], buckets=TTFT_BUCKETS_S, registry=r)
-        self.tpot = Histogram("gen_ai_server_time_per_output_token_seconds", "A request's mean time per output "
-                              "token after the first", ["policy"], buckets=TPOT_BUCKETS_S, registry=r)
-        self.duration = Histogram("gen_ai_server_request_duration_seconds", "A request's duration, arrival to last "
-                                  "token", ["policy"], buckets=DURATION_BUCKETS_S, registry=r)
-        self.requests = Counter("adaspec_requests", "Finished requests", ["policy"], registry=r)
-        self.slo_met = Counter("adaspec_slo_met", "Finished requests that met their TTFT and TPOT targets",
-                               ["policy"], registry=r)
-        labels = ["pool", "policy"]
-        self.drafts = Counter("adaspec_spec_decode_num_drafts", "Verify steps that carried draft tokens", labels,
-                              registry=r)
-        self.draft_tokens = Counter("adaspec_spec_decode_num_draft_tokens", "Draft tokens proposed", labels,
-                                    registry=r)
-        self.accepted_tokens = Counter("adaspec_spec_decode_num_accepted_tokens", "Draft tokens accepted", labels,
-                                       registry=r)
-        self.draft_length = Histogram("adaspec_draft_length", "k chosen per request per step (0 included)", labels,
-                                      buckets=DRAFT_LENGTH_BUCKETS, registry=r)
+        meter = new_meter("coordinator", self.registry)
+        histogram = meter.create_histogram
+        self.ttft = histogram("gen_ai.server.time_to_first_token", "s", "Time from a request's arrival to its first "
+                              "output token", explicit_bucket_boundaries_advisory=TTFT_BUCKETS_S)
+        self.tpot = histogram("gen_ai.server.time_per_output_token", "s", "A request's mean time per output token "
+                              "after the first", explicit_bucket_boundaries_advisory=TPOT_BUCKETS_S)
+        self.duration = histogram("gen_ai.server.request.duration", "s", "A request's duration, arrival to last token",
+                                  explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S)
+        self.requests = meter.create_counter("adaspec.requests", "{request}", "Finished requests")
+        self.slo_met = meter.create_counter("adaspec.slo_met", "{request}", "Finished requests that met their TTFT "
+                                            "and TPOT targets")
+        self.drafts = meter.create_counter("adaspec.spec_decode.num_drafts", "{step}", "Verify steps that carried "
+                                           "draft tokens")
+        self.draft_tokens = meter.create_counter("adaspec.spec_decode.num_draft_tokens", "{token}",
+                                                 "Draft tokens proposed")
+        self.accepted_tokens = meter.create_counter("adaspec.spec_decode.num_accepted_tokens", "{token}",
+                                                    "Draft tokens accepted")
+        self.draft_length = histogram("adaspec.draft_length", "{token}", "k chosen per request per step (0 included)",
+                                      explicit_bucket_boundaries_advisory=DRAFT_LENGTH_BUCKETS)
 
     def step(self, pool: str, policy: str, draft_tokens: int, accepted_tokens: int) -> None:
-        self.draft_length.labels(pool, policy).observe(draft_tokens)
+        labels = {"pool": pool, "policy": policy}
+        self.draft_length.record(draft_tokens, labels)
         if draft_tokens:
-            self.drafts.labels(pool, policy).inc()
-            self.draft_tokens.labels(pool, policy).inc(draft_tokens)
-            self.accepted_tokens.labels(pool, policy).inc(accepted_tokens)
+            self.drafts.add(1, labels)
+            self.draft_tokens.add(draft_tokens, labels)
+            self.accepted_tokens.add(accepted_tokens, labels)
 
     def finished(self, policy: str, ttft_s: float, tpot_s: float | None, duration_s: float, slo_met: bool) -> None:
         """`tpot_s`: None for a request of one output token (it has no time per output token)."""
-        self.ttft.labels(policy).observe(ttft_s)
+        labels = {"policy": policy}
+        self.ttft.record(ttft_s, labels)
         if tpot_s is not None:
-            self.tpot.labels(policy).observe(tpot_s)
-        self.duration.labels(policy).observe(duration_s)
-        self.requests.labels(policy).inc()
+            self.tpot.record(tpot_s, labels)
+        self.duration.record(duration_s, labels)
+        self.requests.add(1, labels)
         if slo_met:
-            self.slo_met.labels(policy).inc()
+            self.slo_met.add(1, labels)
 
 
 class ReplicaMetrics:
     """A verify or draft replica's load (set from its snapshot) and engine steps."""
 
-    def __init__(self, replica_id: str, pool: str, registry: CollectorRegistry | None = None):
+    def __init__(self, kind: str, replica_id: str, pool: str, registry: CollectorRegistry | None = None):
+        """`kind`: "verify" or "draft", the service its telemetry names."""
         self.registry = registry if registry is not None else new_registry()
-        r, labels = self.registry, ["replica", "pool"]
-        self.sessions = Gauge("adaspec_replica_sessions", "Open sessions", labels, registry=r).labels(replica_id, pool)
-        self.queued_tokens = Gauge("adaspec_replica_queued_tokens", "Committed tokens not yet in the KV cache (prompts "
-                                   "waiting for prefill; on a draft replica also catch-up tokens)", labels,
-                                   registry=r).labels(replica_id, pool)
-        self.kv_usage = Gauge("adaspec_replica_kv_usage_ratio", "Share of KV cache blocks in use (0-1)", labels,
-                              registry=r).labels(replica_id, pool)
-        self.step_duration = Histogram("adaspec_engine_step_duration_seconds", "One engine step", labels,
-                                       buckets=STEP_BUCKETS_S, registry=r).labels(replica_id, pool)
+        meter, self.labels = new_meter(kind, self.registry), {"replica": replica_id, "pool": pool}
+        self.sessions = meter.create_gauge("adaspec.replica.sessions", "{session}", "Open sessions")
+        self.queued_tokens = meter.create_gauge("adaspec.replica.queued_tokens", "{token}", "Committed tokens not yet "
+                                                "in the KV cache (prompts waiting for prefill; on a draft replica "
+                                                "also catch-up tokens)")
+        self.kv_usage = meter.create_gauge("adaspec.replica.kv_usage_ratio", "1", "Share of KV cache blocks in use "
+                                           "(0-1)")
+        self.step_duration = meter.create_histogram("adaspec.engine.step.duration", "s", "One engine step",
+                                                    explicit_bucket_boundaries_advisory=STEP_BUCKETS_S)
 
     def update(self, load: ReplicaLoad) -> None:
-        self.sessions.set(load.sessions)
-        self.queued_tokens.set(load.queued_tokens)
+        self.sessions.set(load.sessions, self.labels)
+        self.queued_tokens.set(load.queued_tokens, self.labels)
         if load.total_kv_blocks:
-            self.kv_usage.set(1.0 - load.free_kv_blocks / load.total_kv_blocks)
+            self.kv_usage.set(1.0 - load.free_kv_blocks / load.total_kv_blocks, self.labels)
 
     def step(self, elapsed_ms: float) -> None:
-        self.step_duration.observe(elapsed_ms / 1e3)
+        self.step_duration.record(elapsed_ms / 1e3, self.labels)

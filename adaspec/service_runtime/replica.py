@@ -94,7 +94,7 @@ async def _serve(args, kind: str, service_name: str, build, add_to_server) -> No
     store = open_load_store(args.redis) if args.redis else None
     heartbeat = Heartbeat(store, service.snapshot, args.heartbeat_s, args.ttl_s)
     load = service.snapshot()
-    metrics = ReplicaMetrics(load.replica_id, load.pool)
+    metrics = ReplicaMetrics(kind, load.replica_id, load.pool)
     service.loop.on_step = metrics.step
     engine_gone = False
 

@@ -2,16 +2,18 @@
 
 On when `OTEL_TRACES_EXPORTER` names an exporter (`otlp`, or `console` to read spans on stderr) or an OTLP
 endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), unless
-`OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Spans are exported over OTLP/gRPC in batches (the
-SDK reads `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` and `OTEL_RESOURCE_ATTRIBUTES`); the service name is
-`OTEL_SERVICE_NAME`, else `adaspec-<service>`. Off, no provider is installed: the API's tracer hands out
-non-recording spans, the coordinator builds no span attributes (`enabled()`), and the replicas' step spans
-(`SessionSteps`) are not made.
+`OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` (`otel_env`: the metrics' rule too). Spans are
+exported over OTLP/gRPC in batches (the SDK reads `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` and
+`OTEL_RESOURCE_ATTRIBUTES`); the service name is `OTEL_SERVICE_NAME`, else `adaspec-<service>`. Off, no
+provider is installed: the API's tracer hands out non-recording spans, the coordinator builds no span
+attributes (`enabled()`), and the replicas' step spans (`SessionSteps`) are not made.
 
 Trace context crosses the services inside the messages (the `traceparent` fields, W3C format), not in the
 calls' metadata: one link stream carries many sessions' steps, each of which belongs to its own request's
 trace. The gRPC instrumentation traces the RPCs themselves (`rpc_server_interceptor`), apart from the links
-and health checks, whose calls last as long as the process and say nothing per request.
+and health checks, whose calls last as long as the process and say nothing per request; the ASGI
+instrumentation traces the HTTP API's requests (`instrument_http_app`), and the SDK sends the current span's
+context to the coordinator.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from adaspec.service_runtime.otel_env import export_requested, service_resource
+from adaspec.service_runtime.otel_env import exporters as signal_exporters
+
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("adaspec")  # a proxy: it records once `configure_tracing` installs a provider
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -35,12 +40,7 @@ _enabled = False
 
 
 def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if exporter:
-        return exporter != "none"
-    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return export_requested("traces", env)
 
 
 def enabled() -> bool:
@@ -53,15 +53,12 @@ def configure_tracing(service: str) -> None:
     global _enabled
     if not tracing_requested():
         return
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.resources import SERVICE_NAME
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    exporters = {e.strip().lower() for e in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if e.strip()}
-    unknown = exporters - {"otlp", "console"}
-    if unknown:
-        raise ValueError(f"OTEL_TRACES_EXPORTER: {', '.join(sorted(unknown))} is not supported (otlp, console)")
-    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"adaspec-{service}"})
+    exporters = signal_exporters("traces")
+    resource = service_resource(service)
     provider = TracerProvider(resource=resource)
     if "otlp" in exporters:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -117,6 +114,18 @@ def rpc_server_interceptor() -> grpc.aio.ServerInterceptor | None:
     skipped = filters.any_of(filters.method_name("Link"), filters.health_check(),
                              filters.service_prefix("grpc.reflection"))
     return aio_server_interceptor(filter_=filters.negate(skipped))
+
+
+def instrument_http_app(app) -> None:
+    """While tracing is on, a server span per request of the FastAPI `app` (OpenTelemetry's instrumentation),
+    current while the request is handled: the SDK's call to the coordinator carries it on, so the HTTP request
+    and the coordinator's request are one trace. None for `/health`, which probes poll; no span per ASGI send or
+    receive (one per streamed chunk otherwise)."""
+    if not _enabled:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="/health$", exclude_spans=["receive", "send"])
 
 
 class SessionSteps:
