@@ -132,7 +132,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             tracing.end_with_error(span, failure.status.code.name, failure.status.details)
             await context.abort_with_status(failure.status)
         except BaseException as error:  # cancelled (the client went, or its deadline passed), or a fault
-            tracing.end_with_error(span, type(error).__name__, str(error))
+            # a cancel that lands while a response is being written closes this generator instead (GeneratorExit)
+            cancelled = isinstance(error, asyncio.CancelledError | GeneratorExit)
+            tracing.end_with_error(span, "CancelledError" if cancelled else type(error).__name__, str(error))
             raise
         finally:
             self.in_flight -= 1
