@@ -275,12 +275,14 @@ def test_every_service_uses_the_load_store_and_the_collector():
                 assert flag(argv, "--redis") == REDIS_URL, name
             assert spec["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR, name
             assert spec["environment"]["OTEL_SERVICE_NAME"] == f"adaspec-{role(argv)}", name
+            assert spec["environment"]["OTEL_METRICS_EXPORTER"] == "none", name  # scraped, not pushed as well
     assert "otel-collector" in services() and "redis" in services()
     for name, deployment in adaspec_deployments().items():
         argv, env = k8s_args(deployment), k8s_env(deployment)
         if role(argv) != "http":
             assert flag(argv, "--redis") == REDIS_URL, name
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR and env["OTEL_SERVICE_NAME"] == f"adaspec-{role(argv)}"
+        assert env["OTEL_METRICS_EXPORTER"] == "none", name
     assert "redis" in objects("Service")
 
 
