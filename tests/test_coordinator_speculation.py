@@ -4,6 +4,7 @@ load store, and what a draft session is told after steps at k = 0."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from adaspec.speculation.step_state import RequestState, StepLoad
 from adaspec.services.coordinator.leases import Leases
 from adaspec.services.coordinator.load_view import LoadView
 from adaspec.services.coordinator.router import NoCapacity, RouteRequest, Router
+from adaspec.services.coordinator import speculation as coordinator_speculation
 from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 
 VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.0, 0.02))
@@ -98,3 +100,36 @@ def test_a_draft_session_hears_every_token_committed_while_it_drafted_nothing():
     catch_up = run.take_catch_up()
     assert (catch_up.num_accepted, catch_up.token_ids) == (1, [7, 8, 9, 10])
     assert run.state.output_tokens == 5 and run.state.acceptance.tested == 2
+
+
+def test_a_replicas_group_is_planned_once_per_step_however_slowly_its_replies_are_handled(monkeypatch):
+    """Under overload the coordinator's event loop gets to one step's replies milliseconds apart. The group's plan
+    (the whole batch, its cost growing with the batch) must still be made once per step, not once per reply:
+    planning per reply made the loop's work per step grow with the square of the batch, until a loop that busy
+    accepted new calls too slowly and gRPC cancelled them unseen after 30 s (CANCELLED under 2x overload)."""
+    clock = [1000.0]
+    monkeypatch.setattr(coordinator_speculation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    async def scenario() -> list[int]:
+        _, view = await view_of(verify_load("verify-0", sessions=32),
+                                ReplicaLoad("draft-0", "draft", "draft", "d:1", step_batch=32.0,
+                                            latency_coef=list(DRAFT.coef)))
+        steps = Steps(view, 8)
+        policy = steps.policy("adaspec")
+        planned = []
+        plan_budgets = policy.budgets
+        monkeypatch.setattr(policy, "budgets", lambda states, ctx: planned.append(len(states)) or
+                            plan_budgets(states, ctx))
+        runs = [RequestSpeculation(steps, policy, RequestState(300, 0, 40, True), max_tokens=40) for _ in range(32)]
+        for run in runs:
+            run.on_verify("verify-0")
+            run.draft_id = "draft-0"
+            run.committed([17], 0, [])
+        for _ in range(3):  # three steps; the loop handles each reply 6 ms after the one before
+            for run in runs:
+                clock[0] += 0.006
+                run.budget(room=8)
+                run.committed([18], 0, [])
+        return planned
+
+    assert asyncio.run(scenario()) == [32, 32, 32]

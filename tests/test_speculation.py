@@ -15,7 +15,7 @@ from adaspec.speculation.acceptance import (
     expected_calibration_error,
 )
 from adaspec.speculation.draft_budget import DraftBudget, DraftStop
-from adaspec.speculation.efficiency import expected_tokens, geometric_curve, step_time_ms
+from adaspec.speculation.efficiency import expected_tokens, geometric_curve, plan, step_time_ms
 from adaspec.speculation.latency_profile import (
     LatencyModel,
     LatencyProfile,
@@ -203,6 +203,31 @@ def test_a_prompt_waiting_for_its_first_token_caps_the_step():
     capped = AdaSpec().plan([with_acceptance(0.95)], context(1, step_cap_ms=VERIFY.predict(1, 2, 200) + 1.5))
     assert capped.step_ms <= VERIFY.predict(1, 2, 200) + 1.5 and capped.ks[0] < free.ks[0]
 
+
+def test_each_cap_is_the_most_drafts_before_the_step_outgrows_another_requests_slo():
+    """The caps, computed in time linear in the batch (a coordinator plans a replica's whole batch every step),
+    are those of the definition: request i alone raised draft by draft, the others keeping their plan, until the
+    step would exceed the step cap or the pace of another request that keeps its pace now; never past the
+    deepest planned depth unless alone."""
+    rng = random.Random(7)
+    for trial in range(200):
+        n = rng.choice([1, 2, 3, 8, 48])
+        ctx = context(batch=n + rng.randint(0, 2), draft_batch=rng.randint(0, 2), overhead_ms=rng.uniform(0, 3),
+                      draft_overhead_ms=rng.uniform(0, 1), step_cap_ms=rng.choice([math.inf, rng.uniform(8, 30)]))
+        plain_ms = step_time_ms(ctx, [0] * n)  # SLOs near the step's time per token, where the caps bind
+        curves = [geometric_curve(rng.uniform(0.5, 0.95), 8) for _ in range(n)]
+        allowed = [rng.choice([math.inf, plain_ms * rng.uniform(0.6, 1.0)]) for _ in range(n)]
+        caps = [rng.randint(0, 8) for _ in range(n)]
+        p = plan(ctx, curves, [rng.uniform(0.5, 2.0) for _ in range(n)], allowed, caps)
+        expected = [1.0 + sum(curves[m][:k]) for m, k in enumerate(p.ks)]
+        for i in range(n):
+            limit = min([ctx.load.step_cap_ms] + [allowed[m] * expected[m] for m in range(n)
+                                                  if m != i and p.step_ms / expected[m] <= allowed[m]])
+            k = p.ks[i]
+            while k < caps[i] and step_time_ms(ctx, p.ks[:i] + [k + 1] + p.ks[i + 1:]) <= limit:
+                k += 1
+            alone = n == 1 and ctx.load.batch == 1  # may draft past the planned depth on live confidence
+            assert p.caps[i] == min(k, max(p.ks)) or (alone and p.caps[i] == k), (trial, i)
 
 # ---- the drafter's stop rule ----------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ draft forward of its own.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,12 +55,23 @@ def slo_weight(pace: float) -> float:
 
 def step_time_ms(ctx: StepContext, ks: Sequence[int]) -> float:
     """T for drafts `ks` of the planned requests (module docstring)."""
+    return _step_time_ms(ctx, sum(ks) + len(ks), _drafting_rows(ks, max(ks, default=0)))
+
+
+def _drafting_rows(ks: Sequence[int], depths: int) -> list[int]:
+    """How many of the planned requests draft a j-th token, for j = 1..`depths`."""
+    return [sum(k >= depth for k in ks) for depth in range(1, depths + 1)]
+
+
+def _step_time_ms(ctx: StepContext, query_tokens: int, drafting_rows: Sequence[int]) -> float:
+    """T for `query_tokens` of the planned requests to verify and draft forwards of `drafting_rows` of them (none:
+    no draft forward)."""
     load = ctx.load
-    t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + sum(ks) + len(ks), load.context)
-    if ctx.draft is not None and max(ks, default=0) > 0:
+    t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + query_tokens, load.context)
+    if ctx.draft is not None and drafting_rows:
         t += load.draft_overhead_ms
-        for depth in range(1, max(ks) + 1):
-            rows = sum(k >= depth for k in ks) + load.draft_batch
+        for rows in drafting_rows:
+            rows += load.draft_batch
             t += ctx.draft.predict(rows, rows, load.context)
     return t
 
@@ -138,22 +150,30 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
     deepest = max(ks, default=0)
     alone_ms = token_ms + forward_ms(1, deepest + 1)
     alone = load.batch == 1 and goodput * alone_ms / weights[0] < 1.0 if n == 1 else False
-    limits = [_slo_cap(ctx, ks, i, caps[i], allowed_ms, expected, step) for i in range(n)]
+    limits = _slo_caps(ctx, ks, caps, allowed_ms, expected, step)
     limits = [lim if alone else min(lim, deepest) for lim in limits]
     return Plan(ks, step, goodput, thresholds, limits)
 
 
-def _slo_cap(ctx: StepContext, ks: list[int], i: int, cap: int, allowed_ms: Sequence[float],
-             expected: list[float], step: float) -> int:
-    """The most drafts request i may take, the others keeping their plan, before the step outgrows an SLO
-    of another request (its own gains from them)."""
-    limit = min([ctx.load.step_cap_ms] + [allowed_ms[m] * expected[m] for m in range(len(ks))
-                                          if m != i and step / expected[m] <= allowed_ms[m]])
-    if math.isinf(limit):
-        return cap
-    trial = list(ks)
-    while trial[i] < cap:
-        trial[i] += 1
-        if step_time_ms(ctx, trial) > limit:
-            return trial[i] - 1
-    return cap
+def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: Sequence[float],
+              expected: list[float], step: float) -> list[int]:
+    """Per request i, the most drafts it may take, the others keeping their plan, before the step outgrows an SLO
+    of another request (its own gains from them). Linear in the requests (each step plans a replica's whole batch,
+    up to hundreds of requests, on the coordinator's event loop): the others' tightest SLO is one of the two
+    tightest of all, and a step with one request's drafts raised is timed from the plan's drafting rows."""
+    tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
+                                   if step / expected[m] <= allowed_ms[m]))
+    query_tokens, deepest = sum(ks) + len(ks), max(ks, default=0)
+    rows = _drafting_rows(ks, max(caps, default=0))
+    limits = []
+    for i, cap in enumerate(caps):
+        limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
+        k = ks[i] if not math.isinf(limit) else cap
+        while k < cap:
+            k += 1
+            raised = [r + (ks[i] < depth <= k) for depth, r in enumerate(rows[:max(deepest, k)], 1)]
+            if _step_time_ms(ctx, query_tokens + k - ks[i], raised) > limit:
+                k -= 1
+                break
+        limits.append(k)
+    return limits

@@ -15,8 +15,12 @@ gets the step as the pure core sees it:
     tried again.
 A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
 request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
-draft together share the draft forwards, which no request planning alone could count on. That joint plan is
-reused by the group's requests for `PLAN_TTL_S` (their replies of one step arrive together). The other
+draft together share the draft forwards, which no request planning alone could count on. That joint plan
+serves each of the group's requests once, so the group is planned once per step: the first request to ask again
+starts the next step's plan, however far apart the event loop gets to the step's replies (a plan per reply would
+cost the loop the square of the batch each step, and a loop that busy accepts no new calls); a plan older than
+`PLAN_MAX_AGE_S` is not used (a request asking for the first time then, e.g. one that waited in the replica's
+queue, gets the group's present state). The other
 sessions of the replica (other policies, other coordinators) are its load, as in the engine; the SLOs of
 this coordinator's requests outside the group cap the step.
 
@@ -45,7 +49,7 @@ log = logging.getLogger(__name__)
 OVERHEAD_WEIGHT = 0.05
 DRAFT_SAMPLES = 32
 STALE_HALF_LIFE_S = 5.0
-PLAN_TTL_S = 0.005  # a joint plan serves the group's requests that ask within this (one step's replies)
+PLAN_MAX_AGE_S = 0.25  # several steps, even of a replica's largest batch on a loaded event loop
 
 
 class RecentMedian:
@@ -69,6 +73,7 @@ class JointPlan:
     at: float
     budgets: dict[RequestSpeculation, DraftBudget]
     forward_ms: float  # the planned step's forwards, overheads excluded
+    given: set[RequestSpeculation] = field(default_factory=set)  # the requests that took their budget from it
 
 
 class Steps:
@@ -103,7 +108,8 @@ class Steps:
         key = (asking.verify_id, asking.policy)
         now = time.perf_counter()
         plan = self._plans.get(key)
-        if plan is None or now - plan.at > PLAN_TTL_S or asking not in plan.budgets:
+        if (plan is None or asking in plan.given or asking not in plan.budgets  # a new step, or a new request
+                or now - plan.at > PLAN_MAX_AGE_S):
             group = [r for r in self.on_replica[asking.verify_id] if r.policy is asking.policy] or [asking]
             for r in group:
                 r.update(now)
@@ -127,6 +133,7 @@ class Steps:
                                          "draft_overhead_ms": round(ctx.load.draft_overhead_ms, 2),
                                          "rates": [round(r.state.acceptance.rate(
                                              ctx.calibrator.mean_acceptance(r.state.greedy)), 2) for r in group]})
+        plan.given.add(asking)
         return plan.budgets[asking], plan.forward_ms
 
     def observe_overhead(self, replica_id: str, sample_ms: float) -> None:
