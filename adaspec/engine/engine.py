@@ -28,6 +28,7 @@ from adaspec import kernels
 from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine import latency_probe
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
+from adaspec.engine.greedy_verify import greedy_verify
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
 from adaspec.engine.model_loader import (
     BUNDLED_DRAFT,
@@ -270,8 +271,10 @@ class Engine:
     def _verify(self, seqs: list[Sequence], draft_tokens: list[list[int]], drafts: Drafts, logits: torch.Tensor):
         if not seqs:
             return [], []
-        device = logits.device
         params = [s.params for s in seqs]
+        if all(p.greedy for p in params):
+            return greedy_verify(logits.argmax(dim=-1).tolist(), draft_tokens)
+        device = logits.device
         num_accepted, emitted = kernels.rejection_sample(
             target_logits=logits,
             draft_token_ids=torch.tensor([t for d in draft_tokens for t in d], dtype=torch.long, device=device),

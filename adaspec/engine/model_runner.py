@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from adaspec.engine.attention import ForwardContext, forward_context
+from adaspec.engine.fused_forward import FusedForward
 from adaspec.engine.kv_cache import PagedKVCache
 from adaspec.engine.model_loader import LoadedModel
 
@@ -19,9 +20,12 @@ class ForwardItem:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, kv_cache: PagedKVCache):
+    """`fused`: run the engine's own Llama-family forward (`fused_forward`) where it applies, else transformers'."""
+
+    def __init__(self, loaded: LoadedModel, kv_cache: PagedKVCache, fused: bool = True):
         self.loaded, self.model, self.kv_cache = loaded, loaded.model, kv_cache
         self.device = loaded.device
+        self.fused = FusedForward(self.model) if fused and FusedForward.supports(self.model) else None
 
     @torch.inference_mode()
     def forward(self, items: list[ForwardItem]) -> torch.Tensor:
@@ -57,6 +61,8 @@ class ModelRunner:
             max_query_len=max(len(item.token_ids) for item in items),
             max_seq_len=max(seq_lens),
         )
+        if self.fused is not None:
+            return self.fused(as_tensor(input_ids), as_tensor(positions), as_tensor(logit_index), context).float()
         with forward_context(context):
             out = self.model(
                 input_ids=as_tensor(input_ids)[None],
