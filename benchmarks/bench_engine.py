@@ -44,11 +44,20 @@ def held_out_prompts(tokenizer, count: int, prompt_tokens: int) -> list[list[int
     return [ids[i * stride : i * stride + prompt_tokens] for i in range(count)]
 
 
-def time_engine(engine: Engine, prompts, policy: str, new_tokens: int) -> dict:
+def time_engine(engine: Engine, prompts, policy: str, new_tokens: int, fused: bool = True) -> dict:
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params, policy=policy)
-    elapsed = time.perf_counter() - start
+    runners = [engine.target_runner, engine.drafter.runner]
+    forwards = [runner.fused for runner in runners]
+    if not fused:
+        for runner in runners:
+            runner.fused = None
+    try:
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params, policy=policy)
+        elapsed = time.perf_counter() - start
+    finally:
+        for runner, forward in zip(runners, forwards):
+            runner.fused = forward
     drafted = sum(o.stats["draft_tokens"] for o in outs)
     return {
         "seconds": elapsed,
@@ -81,6 +90,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--batch1-prompts", type=int, default=3, help="batch-1 runs per method and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--general-forward", nargs="*", default=["none", "fixed:4"],
+                        help="policies also run on transformers' forward in place of the fused one")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "engine.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -96,29 +107,36 @@ def main() -> None:
                "hf assisted": lambda p: time_hf(target, p, args.new_tokens, assistant=draft)}
     for policy in ["none"] + [f"fixed:{k}" for k in range(1, args.max_k + 1)]:
         methods[policy] = lambda p, policy=policy: time_engine(engine, p, policy, args.new_tokens)
+    for policy in args.general_forward:  # the engine on transformers' own forward: what the fused one gains
+        methods[f"{policy} [hf forward]"] = lambda p, policy=policy: time_engine(engine, p, policy, args.new_tokens,
+                                                                                 fused=False)
 
-    runs: dict[tuple[int, str], list[dict]] = {}
+    runs: dict[tuple[int, str], list[list[dict]]] = {}  # per (batch, method): per round, its runs
     time_engine(engine, prompts[:2], "fixed:4", 16)  # warm-up
     jobs = [(r, b, name) for r in range(args.rounds) for b in args.batches for name in methods]
-    for _, batch, name in tqdm(jobs, desc="benchmark", unit="run"):
+    for round_, batch, name in tqdm(jobs, desc="benchmark", unit="run"):
         groups = [[p] for p in prompts[: args.batch1_prompts]] if batch == 1 else [prompts[:batch]]
-        for group in groups:
-            runs.setdefault((batch, name), []).append(methods[name](group))
+        rounds = runs.setdefault((batch, name), [])
+        if len(rounds) == round_:
+            rounds.append([])
+        rounds[round_] += [methods[name](group) for group in groups]
 
     results = []
-    for (batch, name), samples in runs.items():
-        rate = statistics.median(s["tokens"] / s["seconds"] for s in samples)
+    for (batch, name), rounds in runs.items():
+        samples = [s for r in rounds for s in r]
         acceptance = [s["acceptance"] for s in samples if s["acceptance"] is not None]
         per_step = [s["tokens_per_step"] for s in samples if s["tokens_per_step"] is not None]
-        results.append({"batch": batch, "method": name, "tokens_per_s": rate,
+        results.append({"batch": batch, "method": name, "tokens_per_s": statistics.median(map(rate, rounds)),
+                        "round_rates": [rate(r) for r in rounds],
                         "acceptance": statistics.mean(acceptance) if acceptance else None,
                         "tokens_per_step": statistics.mean(per_step) if per_step else None})
     for batch in args.batches:
         rows = [r for r in results if r["batch"] == batch]
-        base = {r["method"]: r["tokens_per_s"] for r in rows}
-        for r in rows:
-            r["vs_hf_generate"] = r["tokens_per_s"] / base["hf generate"]
-            r["vs_hf_assisted"] = r["tokens_per_s"] / base["hf assisted"]
+        base = {r["method"]: r["round_rates"] for r in rows}
+        for r in rows:  # each round against the baselines of the same round: the spread is the round-to-round one
+            for key, baseline in (("vs_hf_generate", "hf generate"), ("vs_hf_assisted", "hf assisted")):
+                ratios = [mine / theirs for mine, theirs in zip(r["round_rates"], base[baseline])]
+                r[key], r[key + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rounds": args.rounds,
@@ -128,14 +146,20 @@ def main() -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
+def rate(runs: list[dict]) -> float:
+    """Output tokens per second over a round's runs."""
+    return sum(s["tokens"] for s in runs) / sum(s["seconds"] for s in runs)
+
+
 def print_table(results: list[dict]) -> None:
-    print(f"\n{'batch':>5}  {'method':<12} {'tok/s':>8} {'vs generate':>12} {'vs assisted':>12} "
+    print(f"\n{'batch':>5}  {'method':<22} {'tok/s':>7} {'vs generate (range)':>20} {'vs assisted (range)':>20} "
           f"{'accept':>7} {'tok/step':>9}")
     for r in results:
         acc = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
         tps = f"{r['tokens_per_step']:.2f}" if r["tokens_per_step"] is not None else "-"
-        print(f"{r['batch']:>5}  {r['method']:<12} {r['tokens_per_s']:>8.1f} {r['vs_hf_generate']:>11.2f}x "
-              f"{r['vs_hf_assisted']:>11.2f}x {acc:>7} {tps:>9}")
+        vs = [f"{r[k]:.2f}x ({r[k + '_range'][0]:.2f}-{r[k + '_range'][1]:.2f})"
+              for k in ("vs_hf_generate", "vs_hf_assisted")]
+        print(f"{r['batch']:>5}  {r['method']:<22} {r['tokens_per_s']:>7.1f} {vs[0]:>20} {vs[1]:>20} {acc:>7} {tps:>9}")
 
 
 def plot(results: list[dict], path: Path) -> None:
