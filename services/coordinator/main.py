@@ -44,6 +44,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="capacity leases expire this long after their last renewal (a dead coordinator's too)")
     parser.add_argument("--draft-timeout-s", type=float, default=5.0,
                         help="a draft replica that gives no drafts this long is dropped: the request goes on at k = 0")
+    parser.add_argument("--max-loop-lag-s", type=float, default=2.0,
+                        help="refuse new requests (RESOURCE_EXHAUSTED) while the event loop runs this far behind: "
+                             "gRPC cancels calls it holds unaccepted for 30 s (0: never refuse)")
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--ttl-s", type=float, default=3.0)
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: at most this long to drain and stop")
@@ -75,8 +78,9 @@ async def _serve(args) -> None:
     await view.start()
     service = CoordinatorService(store, redact(args.redis) if args.redis else "memory", channels, view, args.policy,
                                  args.max_spec_len, (args.default_ttft_ms or None, args.default_tpot_ms or None),
-                                 args.draft_timeout_s, args.lease_s)
+                                 args.draft_timeout_s, args.lease_s, max_loop_lag_s=args.max_loop_lag_s or None)
     service.leases.start()
+    service.loop_lag.start()
     host = ServiceHost("coordinator", [SERVICE_NAME], args.host, args.port, grace_s=args.grace_s,
                        port_file=args.port_file, tls=tls, api_key=read_api_key(args.api_key_file),
                        reflection_on=not args.no_reflection)
@@ -90,6 +94,7 @@ async def _serve(args) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
         await service.leases.stop()
+        await service.loop_lag.stop()
         await view.stop()
         if poller is not None:
             await poller.stop()

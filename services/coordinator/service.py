@@ -17,13 +17,14 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from adaspec.errors import abort, invalid_argument_from
+from adaspec.errors import abort, invalid_argument_from, rich_status
 from adaspec.loadstore import LoadStore, LoadStoreUnavailable
 from adaspec.sampling_params import MAX_SEED
 from adaspec.service_runtime import tracing
 from adaspec.service_runtime.convert import params_from_proto
 from adaspec.service_runtime.link_client import Links
 from adaspec.service_runtime.link_server import MAX_LINK_MESSAGE_BYTES
+from adaspec.service_runtime.loop_lag import LoopLag
 from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.service_runtime.server import CHANNEL_OPTIONS
 from adaspec.service_runtime.transport_security import TlsFiles, channel
@@ -97,12 +98,15 @@ class Channels:
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     """`view` must be started (`LoadView.start`) before requests arrive, and `leases` (`Leases.start`: their
-    renewal). `default_slo_ms`: (TTFT, TPOT) for requests that name none (None: no SLO)."""
+    renewal) and `loop_lag` (`LoopLag.start`). `default_slo_ms`: (TTFT, TPOT) for requests that name none (None: no
+    SLO). `max_loop_lag_s`: new requests are refused while the event loop runs this far behind (`loop_lag`; None:
+    never)."""
 
     def __init__(self, store: LoadStore, store_name: str, channels: Channels, view: LoadView,
                  default_policy: str = "adaspec", max_spec_len: int = 8,
                  default_slo_ms: tuple[float | None, float | None] = (None, None), draft_timeout_s: float = 5.0,
-                 lease_s: float = 30.0, metrics: CoordinatorMetrics | None = None):
+                 lease_s: float = 30.0, metrics: CoordinatorMetrics | None = None,
+                 max_loop_lag_s: float | None = 2.0):
         self.store, self.store_name, self.channels, self.view = store, store_name, channels, view
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
         self.steps = Steps(view, max_spec_len)
@@ -114,8 +118,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.draft_timeout_s = draft_timeout_s
         self.in_flight = 0
         self._seeds = random.Random()
+        self.loop_lag, self.max_loop_lag_s = LoopLag(), max_loop_lag_s
 
     async def Generate(self, request: coordinator_pb2.GenerateRequest, context):
+        behind_s = self.loop_lag.behind_s()
+        if self.max_loop_lag_s is not None and behind_s > self.max_loop_lag_s:
+            await context.abort_with_status(rich_status(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the coordinator is overloaded (its event loop runs "
+                f"{behind_s:.1f} s behind; at most {self.max_loop_lag_s:g} s); retry later", retry_after_s=1.0))
         spec = await self._validate(request, context)
         span = request_span(request, spec)
         self.in_flight += 1
