@@ -9,8 +9,10 @@ again on 1 (what each model process has: the part of the gap that is the core sp
 runs `concurrency` concurrent streams through `adaspec.AsyncClient` against `adaspec up`'s stack on
 loopback (one verify and one draft process, one torch thread each: the same two cores). Rounds
 alternate the two paths. Per-step overhead is a request's wall time per verification step over the
-service path minus the engine's time per step at the same concurrency. Prints a table, writes
-`benchmarks/results/services.{json,png}`.
+service path minus the engine's time per step at the same concurrency (on 2 threads, and on 1: what each model
+process has). CPU time per session-step: each service process's (user + system, from /proc: the coordinator is all
+front; the verify and draft processes are front plus engine) and the benchmark client's, over the service runs,
+divided by the session-steps they served. Prints a table, writes `benchmarks/results/services.{json,png}`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +39,16 @@ COLUMNS = [
     ("engine_1t_tok_s", "1-core engine", ".1f"), ("service_tok_s", "service tok/s", ".1f"), ("ratio", "ratio", ".2f"),
     ("ratio_1t", "vs 1-core", ".2f"), ("engine_ms_per_step", "engine ms/step", ".2f"),
     ("service_ms_per_step", "service ms/step", ".2f"), ("overhead_ms_per_step", "overhead ms", ".2f"),
+    ("overhead_1t_ms_per_step", "vs 1-core", ".2f"), ("cpu_ms_coordinator", "coord CPU ms", ".2f"),
+    ("cpu_ms_verify", "verify CPU ms", ".2f"), ("cpu_ms_draft", "draft CPU ms", ".2f"),
+    ("cpu_ms_client", "client CPU ms", ".2f"),
 ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; fields 14 and 15 of its stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_engine(engine: Engine, prompts: list[list[int]], policy: str, new_tokens: int, threads: int) -> dict:
@@ -68,8 +80,21 @@ async def run_service(address: str, prompts: list[list[int]], policy: str, new_t
         "seconds": seconds,
         "tokens": sum(len(out.token_ids) for out, _ in results),
         "ms_per_step": statistics.mean(wall * 1e3 / (out.stats.steps + 1) for out, wall in results),
+        "session_steps": sum(out.stats.steps + 1 for out, _ in results),
         "token_ids": [out.token_ids for out, _ in results],
     }
+
+
+def run_service_measured(stack: Stack, prompts: list[list[int]], policy: str, new_tokens: int) -> dict:
+    """`run_service`, with the CPU milliseconds per session-step of each service process and of this client."""
+    pids = {name.split("-")[0]: p.popen.pid for name, p in stack.processes.items()}
+    before, client_before = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time()
+    result = asyncio.run(run_service(stack.address, prompts, policy, new_tokens))
+    steps = result["session_steps"]
+    for name, pid in pids.items():
+        result[f"cpu_ms_{name}"] = (cpu_seconds(pid) - before[name]) * 1e3 / steps
+    result["cpu_ms_client"] = (time.process_time() - client_before) * 1e3 / steps
+    return result
 
 
 def main() -> None:
@@ -95,7 +120,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for c, policy in cases:
                     batch = prompts[:c]
-                    ours = asyncio.run(run_service(stack.address, batch, policy, args.new_tokens))
+                    ours = run_service_measured(stack, batch, policy, args.new_tokens)
                     bar.update()
                     theirs = run_engine(engine, batch, policy, args.new_tokens, engine_threads)
                     bar.update()
@@ -111,6 +136,8 @@ def main() -> None:
     for c, policy in cases:
         med = {path: {key: statistics.median(s[key] for s in samples[(c, policy, path)])
                       for key in ("seconds", "tokens", "ms_per_step")} for path in paths}
+        cpu = {key: statistics.median(s[key] for s in samples[(c, policy, "service")])
+               for key in samples[(c, policy, "service")][0] if key.startswith("cpu_ms_")}
         engine_tps = med["engine"]["tokens"] / med["engine"]["seconds"]
         one_core_tps = med["engine_1t"]["tokens"] / med["engine_1t"]["seconds"]
         service_tps = med["service"]["tokens"] / med["service"]["seconds"]
@@ -120,6 +147,8 @@ def main() -> None:
             "ratio_1t": service_tps / one_core_tps, "engine_ms_per_step": med["engine"]["ms_per_step"],
             "service_ms_per_step": med["service"]["ms_per_step"],
             "overhead_ms_per_step": med["service"]["ms_per_step"] - med["engine"]["ms_per_step"],
+            "overhead_1t_ms_per_step": med["service"]["ms_per_step"] - med["engine_1t"]["ms_per_step"],
+            "engine_1t_ms_per_step": med["engine_1t"]["ms_per_step"], **cpu,
         })
 
     print(format_table(rows, COLUMNS))
