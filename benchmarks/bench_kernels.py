@@ -139,7 +139,12 @@ def main() -> None:
     except ImportError as error:
         sys.exit(f"bench_kernels.py needs triton and tqdm: {error}")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from adaspec.kernels import paged_attention_ref, paged_attention_triton, rejection_sampler_ref, rejection_sampler_triton
+    from adaspec.kernels import (
+        paged_attention_ref,
+        paged_attention_triton,
+        rejection_sampler_ref,
+        rejection_sampler_triton,
+    )
 
     impls = [("triton", rejection_sampler_triton, paged_attention_triton)]
     if not args.skip_reference:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_engine import held_out_prompts  # noqa: E402 (the script directory is on sys.path)
+from bench_engine import held_out_prompts  # the script directory is on sys.path
 from tqdm import tqdm
 
 from adaspec import AsyncClient, Engine, SamplingParams

@@ -12,7 +12,6 @@ import os
 from types import ModuleType
 
 import torch
-
 from adaspec.kernels import paged_attention_ref, rejection_sampler_ref
 from adaspec.kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID
 

@@ -25,7 +25,6 @@ drawn from p, with the same E_v, instead of defaulting to token 0.
 from __future__ import annotations
 
 import torch
-
 from adaspec.kernels.rng import uniform
 from adaspec.kernels.sampling import processed_probs
 

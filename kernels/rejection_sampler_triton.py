@@ -31,7 +31,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 from adaspec.kernels.rejection_sampler_ref import PLACEHOLDER_TOKEN_ID, RACE_OFFSET, check_shapes
 from adaspec.kernels.rng_triton import seed_key, uniform_from_key
 from adaspec.kernels.sampling_triton import (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
 from adaspec.kernels import rng
 
 GOLDEN32 = tl.constexpr(rng.GOLDEN32)

@@ -26,8 +26,18 @@ import pytest
 
 from adaspec import AsyncClient, Client, SamplingParams
 from adaspec.client import Chunk, ReplicaLoad, build_request
-from adaspec.errors import (AdaSpecError, DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable, abort,
-                            error_for, from_rpc_error, invalid_argument_from, rich_status)
+from adaspec.errors import (
+    AdaSpecError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    abort,
+    error_for,
+    from_rpc_error,
+    invalid_argument_from,
+    rich_status,
+)
 from adaspec.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]

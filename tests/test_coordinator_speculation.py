@@ -7,6 +7,11 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from adaspec.services.coordinator import speculation as coordinator_speculation
+from adaspec.services.coordinator.leases import Leases
+from adaspec.services.coordinator.load_view import LoadView
+from adaspec.services.coordinator.router import NoCapacity, Router, RouteRequest
+from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 
 from adaspec import SamplingParams
 from adaspec.engine.sequence import Sequence
@@ -14,11 +19,6 @@ from adaspec.engine.step_planner import StepPlanner
 from adaspec.loadstore import InProcessLoadStore, ReplicaLoad
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
 from adaspec.speculation.step_state import RequestState, StepLoad
-from adaspec.services.coordinator.leases import Leases
-from adaspec.services.coordinator.load_view import LoadView
-from adaspec.services.coordinator.router import NoCapacity, RouteRequest, Router
-from adaspec.services.coordinator import speculation as coordinator_speculation
-from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 
 VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.0, 0.02))
 DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.0, 0.005))

@@ -17,19 +17,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from adaspec.kernels.rejection_sampler_ref import rejection_sample
+from adaspec.kernels.sampling import processed_probs
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM
 
-import adaspec.engine.engine as engine_module
 import adaspec.engine.drafter as drafter_module
+import adaspec.engine.engine as engine_module
 from adaspec import Engine, SamplingParams
 from adaspec.engine.model_loader import BUNDLED_TARGET
 from adaspec.speculation.acceptance import RAW
 from adaspec.speculation.draft_budget import BatchGoodputRule, DraftBudget
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
 from adaspec.speculation.policies import Policy
-from adaspec.kernels.rejection_sampler_ref import rejection_sample
-from adaspec.kernels.sampling import processed_probs
 
 PROMPT = [0, 452, 286, 1340, 8, 78]  # "def fib(n"
 NUM_TOKENS, TOP_K, TEMPERATURE, SAMPLES = 4, 3, 1.5, 3000

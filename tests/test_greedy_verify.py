@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import torch
+from adaspec.kernels.rejection_sampler_ref import rejection_sample
 
 from adaspec.engine.greedy_verify import greedy_verify
-from adaspec.kernels.rejection_sampler_ref import rejection_sample
 
 
 def test_greedy_verify_matches_the_rejection_sampler_on_ragged_batches():

@@ -26,9 +26,6 @@ import torch
 triton = pytest.importorskip("triton", exc_type=ImportError)  # also a broken install: skip, not fail
 
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
-
-from adaspec import kernels
 from adaspec.kernels import (
     PLACEHOLDER_TOKEN_ID,
     paged_attention_ref,
@@ -40,6 +37,9 @@ from adaspec.kernels.rng import uniform
 from adaspec.kernels.rng_triton import seed_key, uniform_from_key
 from adaspec.kernels.sampling import processed_probs
 from adaspec.kernels.sampling_triton import target_row_stats_kernel
+from triton.runtime.interpreter import InterpretedFunction
+
+from adaspec import kernels
 from tests.test_rejection_sampler import TIED_LOGITS, first_token_pvalue, zero_residual_case
 
 if not isinstance(tl.max, InterpretedFunction):  # named on a plain pytest run's command line

@@ -8,9 +8,9 @@ import os
 import signal
 
 import pytest
+from adaspec.services.coordinator.leases import Leases
 
 from adaspec.loadstore import InProcessLoadStore, RedisLoadStore, RedisServer
-from adaspec.services.coordinator.leases import Leases
 
 
 class AnswersLate(InProcessLoadStore):

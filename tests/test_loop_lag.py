@@ -23,7 +23,7 @@ def test_a_blocked_loop_shows_behind_at_once_and_catches_up_after():
         lag.start()
         await asyncio.sleep(0.1)
         idle = lag.behind_s()
-        time.sleep(0.4)  # the loop is blocked: nothing else runs, as when the coordinator's Python saturates it
+        time.sleep(0.4)  # noqa: ASYNC251 - the loop is blocked: nothing else runs, as when the coordinator's Python saturates it
         blocked = lag.behind_s()
         await asyncio.sleep(0.01)
         late_tick = lag.behind_s()  # the tick that came late reports its lateness

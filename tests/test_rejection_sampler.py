@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chisquare
-
 from adaspec.kernels import PLACEHOLDER_TOKEN_ID
 from adaspec.kernels.rejection_sampler_ref import RACE_OFFSET, rejection_sample
 from adaspec.kernels.rng import uniform
 from adaspec.kernels.sampling import processed_probs
+from scipy.stats import chisquare
 
 
 def call(target_logits, drafts, topk_ids, topk_probs, counts, greedy, temperature=1.0, top_k=0, top_p=1.0, seeds=None):

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from adaspec.services.draft.draft_target import DraftTarget
+from adaspec.services.verify.verify_target import VerifyTarget
+
 from adaspec import SamplingParams
 from adaspec.engine.draft_engine import DraftEngine, DraftWork
 from adaspec.engine.verify_engine import VerifyEngine
 from adaspec.speculation.draft_budget import DraftBudget
 from adaspec.v1 import common_pb2
-from adaspec.services.draft.draft_target import DraftTarget
-from adaspec.services.verify.verify_target import VerifyTarget
 
 PARAMS = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from adaspec.services.verify.service import VerifyService
+from adaspec.services.verify.verify_target import NO_DRAFTS, VerifyTarget, proposal_from_proto
 
 from adaspec import SamplingParams
 from adaspec.engine.verify_engine import VerifyEngine
 from adaspec.service_runtime.convert import params_to_proto
 from adaspec.service_runtime.engine_core import ThreadCore
 from adaspec.v1 import common_pb2, verify_pb2
-from adaspec.services.verify.service import VerifyService
-from adaspec.services.verify.verify_target import NO_DRAFTS, VerifyTarget, proposal_from_proto
 
 PROMPT = "def fib(n):"
 

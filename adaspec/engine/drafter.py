@@ -15,9 +15,9 @@ import torch
 
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
 from adaspec.engine.sequence import Sequence
-from adaspec.speculation.draft_budget import DraftBudget, DraftStop, batch_rule_keeps
 from adaspec.kernels.rng import splitmix64, uniform
 from adaspec.kernels.sampling import processed_probs
+from adaspec.speculation.draft_budget import DraftBudget, DraftStop, batch_rule_keeps
 
 SPARSE_K = 32
 DRAFT_STREAM = 1

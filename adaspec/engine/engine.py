@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from adaspec import kernels
-from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine import latency_probe
+from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
 from adaspec.engine.greedy_verify import greedy_verify
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
@@ -44,13 +44,13 @@ from adaspec.engine.model_runner import ForwardItem, ModelRunner
 from adaspec.engine.scheduler import Scheduler
 from adaspec.engine.sequence import Sequence, SequenceStatus, check_token_ids
 from adaspec.engine.step_planner import StepPlanner, StepTimings
+from adaspec.kernels.rng import splitmix64
 from adaspec.outputs import RequestOutput
 from adaspec.sampling_params import SamplingParams
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.latency_profile import LatencyProfile
 from adaspec.speculation.policies import DEFAULT_POLICY, Policy
 from adaspec.speculation.step_state import StepLoad
-from adaspec.kernels.rng import splitmix64
 
 VERIFY_STREAM = 2
 

@@ -63,7 +63,7 @@ class FusedForward:
         hidden = F.rms_norm(hidden, hidden.shape[-1:], body.norm.weight, body.norm.variance_epsilon)
         return self.model.lm_head(hidden)
 
-    def _layer(self, layer_idx: int, layer: "_FusedLayer", hidden: torch.Tensor, cos: torch.Tensor,
+    def _layer(self, layer_idx: int, layer: _FusedLayer, hidden: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         num_tokens, heads, kv_heads, head_dim = hidden.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         x = F.rms_norm(hidden, hidden.shape[-1:], layer.input_norm.weight, layer.input_norm.variance_epsilon)

@@ -51,7 +51,7 @@ class ModelRunner:
             seq_lens.append(end)
             tables.append(table)
         width = max(len(t) for t in tables)
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)
         context = ForwardContext(
             kv_cache=self.kv_cache,
             slot_mapping=as_tensor(slots),

@@ -23,8 +23,18 @@ from adaspec.client import AsyncClient, Chunk
 from adaspec.client import Completion as SdkCompletion
 from adaspec.errors import AdaSpecError
 from adaspec.http.errors import ApiError, from_adaspec
-from adaspec.http.schemas import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-                                  Completion, CompletionChoice, GenerationRequest, Stats, Usage)
+from adaspec.http.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChoice,
+    GenerationRequest,
+    Stats,
+    Usage,
+)
 from adaspec.http.sse import DONE, EventStream, event
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,10 @@ import argparse
 import asyncio
 import logging
 
+from adaspec.services.coordinator.load_poller import LoadPoller
+from adaspec.services.coordinator.load_view import LoadView
+from adaspec.services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
+
 from adaspec.loadstore import InProcessLoadStore, open_load_store, redact
 from adaspec.service_runtime.logs import configure_logging
 from adaspec.service_runtime.metrics import add_metrics_args, serve_metrics
@@ -15,9 +19,6 @@ from adaspec.service_runtime.tracing import configure_tracing
 from adaspec.service_runtime.transport_security import API_KEY_ENV, add_security_args, read_api_key, tls_from_args
 from adaspec.speculation.policies import DEFAULT_POLICY, POLICY_NAMES
 from adaspec.v1 import coordinator_pb2_grpc
-from adaspec.services.coordinator.load_poller import LoadPoller
-from adaspec.services.coordinator.load_view import LoadView
-from adaspec.services.coordinator.service import SERVICE_NAME, Channels, CoordinatorService
 
 # Interactive serving defaults (those of the demo; the AdaSpec paper fixes 40 ms): requests may name their own.
 DEFAULT_TTFT_MS, DEFAULT_TPOT_MS = 1000.0, 50.0
@@ -64,7 +65,7 @@ def main(args) -> None:
 
 
 async def _serve(args) -> None:
-    split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
+    split = lambda value: [a for a in value.split(",") if a]
     store = open_load_store(args.redis)
     if args.redis:
         await store.ping()

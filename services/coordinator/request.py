@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from adaspec.services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
+from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 from grpc_status import rpc_status
 from opentelemetry import trace
 
@@ -42,8 +44,6 @@ from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.speculation.policies import Policy
 from adaspec.speculation.step_state import RequestState
 from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
-from adaspec.services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
-from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
 
 log = logging.getLogger(__name__)
 # Sessions run on the replica's link (one stream per coordinator and replica): (method, serialize, parse)

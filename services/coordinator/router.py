@@ -16,10 +16,11 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from adaspec.loadstore import ReplicaLoad
-from adaspec.speculation import routing
 from adaspec.services.coordinator.leases import Leases
 from adaspec.services.coordinator.load_view import LoadView, latency_model
+
+from adaspec.loadstore import ReplicaLoad
+from adaspec.speculation import routing
 
 
 class NoReplica(Exception):

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
 
 import grpc
+from adaspec.services.coordinator.leases import Leases
+from adaspec.services.coordinator.load_view import LoadView
+from adaspec.services.coordinator.request import RequestFailed, RequestRun, RequestSpec
+from adaspec.services.coordinator.router import Router
+from adaspec.services.coordinator.speculation import Steps
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -29,12 +35,8 @@ from adaspec.service_runtime.metrics import CoordinatorMetrics
 from adaspec.service_runtime.server import CHANNEL_OPTIONS
 from adaspec.service_runtime.transport_security import TlsFiles, channel
 from adaspec.v1 import coordinator_pb2, coordinator_pb2_grpc
-from adaspec.services.coordinator.leases import Leases
-from adaspec.services.coordinator.load_view import LoadView
-from adaspec.services.coordinator.request import RequestFailed, RequestRun, RequestSpec
-from adaspec.services.coordinator.router import Router
-from adaspec.services.coordinator.speculation import Steps
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 # Limits set on purpose (docs/limits in README): a prompt must reach a replica in one link frame, with room to spare
 # for the rest of the open message; stop strings are searched on every step of the request, so they are few and
@@ -119,10 +121,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.in_flight = 0
         self._seeds = random.Random()
         self.loop_lag, self.max_loop_lag_s = LoopLag(), max_loop_lag_s
+        self.shedding = False  # refusing new requests: the event loop is behind (logged when it starts and ends)
 
     async def Generate(self, request: coordinator_pb2.GenerateRequest, context):
         behind_s = self.loop_lag.behind_s()
-        if self.max_loop_lag_s is not None and behind_s > self.max_loop_lag_s:
+        shedding = self.max_loop_lag_s is not None and behind_s > self.max_loop_lag_s
+        if shedding != self.shedding:
+            self.shedding = shedding
+            if shedding:
+                log.warning("refusing new requests: the event loop runs behind", extra={"behind_s": round(behind_s, 2)})
+            else:
+                log.info("taking new requests again: the event loop caught up")
+        if shedding:
             await context.abort_with_status(rich_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"the coordinator is overloaded (its event loop runs "
                 f"{behind_s:.1f} s behind; at most {self.max_loop_lag_s:g} s); retry later", retry_after_s=1.0))

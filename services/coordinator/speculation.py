@@ -38,12 +38,13 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from adaspec.services.coordinator.load_view import LoadView, latency_model
+
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.efficiency import expected_tokens, geometric_curve, step_time_ms
 from adaspec.speculation.latency_profile import LatencyModel
 from adaspec.speculation.policies import Policy, make_policy
 from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
-from adaspec.services.coordinator.load_view import LoadView, latency_model
 
 log = logging.getLogger(__name__)
 OVERHEAD_WEIGHT = 0.05

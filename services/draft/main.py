@@ -17,9 +17,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, address: str):
-    from adaspec.service_runtime.replica import start_engine_core
     from adaspec.services.draft.draft_target import DraftTarget
     from adaspec.services.draft.service import DraftService
+
+    from adaspec.service_runtime.replica import start_engine_core
 
     engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len, profile=args.profile,
                        kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None)
@@ -28,7 +29,8 @@ def build(args, address: str):
 
 
 def main(args) -> None:
-    from adaspec.v1 import draft_pb2_grpc
     from adaspec.services.draft.service import SERVICE_NAME
+
+    from adaspec.v1 import draft_pb2_grpc
 
     run_replica(args, "draft", SERVICE_NAME, build, draft_pb2_grpc.add_DraftServicer_to_server)

@@ -20,11 +20,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args, address: str):
+    from adaspec.services.verify.service import VerifyService
+    from adaspec.services.verify.verify_target import VerifyTarget
     from transformers import AutoTokenizer
 
     from adaspec.service_runtime.replica import start_engine_core
-    from adaspec.services.verify.service import VerifyService
-    from adaspec.services.verify.verify_target import VerifyTarget
 
     engine_args = dict(
         target=args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
@@ -37,7 +37,8 @@ def build(args, address: str):
 
 
 def main(args) -> None:
-    from adaspec.v1 import verify_pb2_grpc
     from adaspec.services.verify.service import SERVICE_NAME
+
+    from adaspec.v1 import verify_pb2_grpc
 
     run_replica(args, "verify", SERVICE_NAME, build, verify_pb2_grpc.add_VerifyServicer_to_server)

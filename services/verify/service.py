@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import grpc
+from adaspec.services.verify.verify_target import OpenedSession, SessionFinished
 
 from adaspec.engine.kv_cache import KVCacheExhausted
 from adaspec.errors import abort, invalid_argument_from, rich_status
@@ -34,7 +35,6 @@ from adaspec.service_runtime.link_server import serve_link
 from adaspec.service_runtime.streaming_detokenizer import StreamingDetokenizer
 from adaspec.service_runtime.tracing import SessionSteps
 from adaspec.v1 import common_pb2, verify_pb2, verify_pb2_grpc
-from adaspec.services.verify.verify_target import OpenedSession, SessionFinished
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = verify_pb2.DESCRIPTOR.services_by_name["Verify"].full_name
