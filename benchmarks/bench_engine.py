@@ -62,6 +62,7 @@ def time_engine(engine: Engine, prompts, policy: str, new_tokens: int, fused: bo
     return {
         "seconds": elapsed,
         "tokens": sum(len(o.token_ids) for o in outs),
+        "token_ids": [list(o.token_ids) for o in outs],
         "acceptance": sum(o.stats["accepted_tokens"] for o in outs) / drafted if drafted else None,
         "tokens_per_step": sum(len(o.token_ids) - 1 for o in outs) / max(1, sum(o.stats["steps"] for o in outs)),
     }
@@ -126,8 +127,8 @@ def main() -> None:
         samples = [s for r in rounds for s in r]
         acceptance = [s["acceptance"] for s in samples if s["acceptance"] is not None]
         per_step = [s["tokens_per_step"] for s in samples if s["tokens_per_step"] is not None]
-        results.append({"batch": batch, "method": name, "tokens_per_s": statistics.median(map(rate, rounds)),
-                        "round_rates": [rate(r) for r in rounds],
+        rates = [rate(r) for r in rounds]
+        results.append({"batch": batch, "method": name, "tokens_per_s": statistics.median(rates), "round_rates": rates,
                         "acceptance": statistics.mean(acceptance) if acceptance else None,
                         "tokens_per_step": statistics.mean(per_step) if per_step else None})
     for batch in args.batches:
@@ -135,20 +136,25 @@ def main() -> None:
         base = {r["method"]: r["round_rates"] for r in rows}
         for r in rows:  # each round against the baselines of the same round: the spread is the round-to-round one
             for key, baseline in (("vs_hf_generate", "hf generate"), ("vs_hf_assisted", "hf assisted")):
-                ratios = [mine / theirs for mine, theirs in zip(r["round_rates"], base[baseline])]
-                r[key], r[key + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+                r[key], r[key + "_range"] = against(r["round_rates"], base[baseline])
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rounds": args.rounds,
             "torch_threads": torch.get_num_threads(), "device": str(engine.device), "greedy": True}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"))
+    plot(results, args.out.with_suffix(".png"), "hf", "bundled pair, greedy")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 def rate(runs: list[dict]) -> float:
     """Output tokens per second over a round's runs."""
     return sum(s["tokens"] for s in runs) / sum(s["seconds"] for s in runs)
+
+
+def against(mine: list[float], theirs: list[float]) -> tuple[float, list[float]]:
+    """Each round's rate over the baseline's rate in the same round: (median, [min, max]) over rounds."""
+    ratios = [a / b for a, b in zip(mine, theirs)]
+    return statistics.median(ratios), [min(ratios), max(ratios)]
 
 
 def print_table(results: list[dict]) -> None:
@@ -162,21 +168,30 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['batch']:>5}  {r['method']:<22} {r['tokens_per_s']:>7.1f} {vs[0]:>20} {vs[1]:>20} {acc:>7} {tps:>9}")
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, baseline_prefix: str, title: str, note: str | None = None) -> None:
+    """Bars of tokens/s per method and batch (baselines, named `baseline_prefix`..., in gray), with each method's
+    min-max over rounds; a row marked `best_fixed` gets a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     batches = sorted({r["batch"] for r in results})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.2), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         rows = [r for r in results if r["batch"] == batch]
-        colors = ["tab:gray" if r["method"].startswith("hf") else "tab:blue" for r in rows]
-        ax.bar([r["method"] for r in rows], [r["tokens_per_s"] for r in rows], color=colors)
-        ax.set_title(f"bundled pair, greedy, batch {batch}")
-        ax.set_ylabel("output tokens / s")
+        colors = ["tab:gray" if r["method"].startswith(baseline_prefix) else "tab:blue" for r in rows]
+        rates = [r["tokens_per_s"] for r in rows]
+        bars = ax.bar([r["method"] + (" *" if r.get("best_fixed") else "") for r in rows], rates, color=colors)
+        errors = [[rate - min(r["round_rates"]) for rate, r in zip(rates, rows)],
+                  [max(r["round_rates"]) - rate for rate, r in zip(rates, rows)]]
+        ax.errorbar([b.get_x() + b.get_width() / 2 for b in bars], rates, yerr=errors, fmt="none", ecolor="black",
+                    capsize=3, linewidth=1)
+        ax.set_title(f"{title}, batch {batch}")
+        ax.set_ylabel("output tokens / s (median, min-max over rounds)")
         ax.tick_params(axis="x", rotation=60)
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_engine import against, held_out_prompts, plot, rate, time_engine  # the script directory is on sys.path
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import held_out_prompts
-
-from adaspec import Engine, SamplingParams
+from adaspec import Engine
 from adaspec.engine.model_loader import BUNDLED_DRAFT, BUNDLED_TARGET
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
@@ -90,22 +88,6 @@ def vllm_threads(info: dict) -> int | None:
     counts = [int(p["omp_num_threads"]) if p.get("omp_num_threads") else len(p["cpus"])
               for p in info["processes"] if "Worker" in p["name"]]
     return min(counts) if counts else None
-
-
-def time_engine(engine: Engine, prompts, policy: str, new_tokens: int) -> dict:
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params, policy=policy)
-    seconds = time.perf_counter() - start
-    drafted = sum(o.stats["draft_tokens"] for o in outs)
-    token_ids = [list(o.token_ids) for o in outs]
-    return {"seconds": seconds, "tokens": sum(map(len, token_ids)), "token_ids": token_ids,
-            "acceptance": sum(o.stats["accepted_tokens"] for o in outs) / drafted if drafted else None}
-
-
-def rate(runs: list[dict]) -> float:
-    """Output tokens per second over a round's runs."""
-    return sum(s["tokens"] for s in runs) / sum(s["seconds"] for s in runs)
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
@@ -177,8 +159,7 @@ def main() -> None:
             row = {"batch": batch, "method": name, "tokens_per_s": statistics.median(rates[name]),
                    "round_rates": rates[name], "acceptance": statistics.mean(acceptance) if acceptance else None}
             for key, baseline in (("vs_vllm_plain", "vllm plain"), ("vs_vllm_draft", f"vllm draft k={args.vllm_k}")):
-                ratios = [mine / theirs for mine, theirs in zip(rates[name], rates[baseline])]
-                row[key], row[key + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+                row[key], row[key + "_range"] = against(rates[name], rates[baseline])
             # greedy output of every round against vLLM plain's first round (fp32 both)
             row["vs_vllm_plain_outputs"] = agreement([ids for s in samples for ids in s["token_ids"]],
                                                      outputs["vllm plain"] * len(rounds))
@@ -206,7 +187,9 @@ def main() -> None:
             "ld_preload": infos["vllm plain"]["ld_preload"], "vllm_speculative_k": args.vllm_k,
             "torch": torch.__version__, "cpus": os.cpu_count()}
     args.out.write_text(json.dumps({"meta": meta, "agreement": checks, "results": results}, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"), meta)
+    plot(results, args.out.with_suffix(".png"), "vllm", f"vLLM {meta['vllm_version']} (gray) vs engine (blue)",
+         f"bundled pair, fp32, greedy, {meta['new_tokens']} new tokens, {meta['rounds']} rounds; engine "
+         f"{meta['engine_torch_threads']} thread(s), vLLM {meta['vllm_omp_threads']} OMP thread(s)")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
@@ -220,33 +203,6 @@ def print_table(results: list[dict], vllm_k: int) -> None:
         name = r["method"] + (" *" if r.get("best_fixed") else "")
         print(f"{r['batch']:>5}  {name:<16} {r['tokens_per_s']:>7.1f} {vs[0]:>22} {vs[1]:>22} {acc:>7}")
     print("  * the engine's best fixed:K at this batch size (highest median)")
-
-
-def plot(results: list[dict], path: Path, meta: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batches = sorted({r["batch"] for r in results})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.2), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
-        rows = [r for r in results if r["batch"] == batch]
-        colors = ["tab:gray" if r["method"].startswith("vllm") else "tab:blue" for r in rows]
-        bars = ax.bar([r["method"] + (" *" if r.get("best_fixed") else "") for r in rows],
-                      [r["tokens_per_s"] for r in rows], color=colors)
-        lows = [r["tokens_per_s"] - min(r["round_rates"]) for r in rows]
-        highs = [max(r["round_rates"]) - r["tokens_per_s"] for r in rows]
-        ax.errorbar([b.get_x() + b.get_width() / 2 for b in bars], [r["tokens_per_s"] for r in rows],
-                    yerr=[lows, highs], fmt="none", ecolor="black", capsize=3, linewidth=1)
-        ax.set_title(f"batch {batch}: vLLM {meta['vllm_version']} (gray) vs engine (blue)")
-        ax.set_ylabel("output tokens / s (median, min-max over rounds)")
-        ax.tick_params(axis="x", rotation=45)
-    fig.suptitle(f"bundled pair, fp32, greedy, {meta['new_tokens']} new tokens, {meta['rounds']} rounds; "
-                 f"engine {meta['engine_torch_threads']} thread(s), vLLM {meta['vllm_omp_threads']} OMP thread(s)",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
