@@ -57,19 +57,24 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     ctx = _current
     if ctx is None:
         raise RuntimeError(f"attention '{ATTENTION_NAME}' runs only inside the engine's model runner")
-    layer = module.layer_idx
-    key_cache, value_cache = ctx.kv_cache.keys[layer], ctx.kv_cache.values[layer]
-    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, key[0].transpose(0, 1))
-    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, value[0].transpose(0, 1))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    packed = query[0].transpose(0, 1)  # [num_tokens, num_heads, head_dim]
-    if kernels.uses_triton(packed):
-        out = kernels.paged_attention(packed, key_cache, value_cache, ctx.block_tables, ctx.cu_query_lens,
-                                      ctx.seq_lens, scale, ctx.max_query_len, ctx.max_seq_len)
-    else:
-        out = attend(packed, key_cache, value_cache, ctx.reference_plan(), scale)
-    # out: [num_tokens, num_heads, head_dim]
+    out = attend_paged(ctx, module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1),
+                       value[0].transpose(0, 1), scale)
     return out.unsqueeze(0), None
+
+
+def attend_paged(ctx: ForwardContext, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """Write this forward's keys and values into layer `layer`'s paged cache and attend over it (the Triton
+    kernel on CUDA, the PyTorch reference otherwise). query: [num_tokens, num_heads, head_dim]; key, value:
+    [num_tokens, num_kv_heads, head_dim]. Returns [num_tokens, num_heads, head_dim]."""
+    key_cache, value_cache = ctx.kv_cache.keys[layer], ctx.kv_cache.values[layer]
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, key)
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, ctx.slot_mapping, value)
+    if kernels.uses_triton(query):
+        return kernels.paged_attention(query.contiguous(), key_cache, value_cache, ctx.block_tables,
+                                       ctx.cu_query_lens, ctx.seq_lens, scale, ctx.max_query_len, ctx.max_seq_len)
+    return attend(query, key_cache, value_cache, ctx.reference_plan(), scale)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)

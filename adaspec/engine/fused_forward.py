@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adaspec import kernels
-from adaspec.engine.attention import ForwardContext
-from adaspec.kernels.paged_attention_ref import attend
+from adaspec.engine.attention import ForwardContext, attend_paged
 
 FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -39,9 +37,8 @@ class FusedForward:
         self.layers = [_FusedLayer(layer) for layer in model.model.layers]
         first = model.model.layers[0].self_attn
         self.head_dim, self.scaling = first.head_dim, first.scaling
-        half = self.head_dim // 2
         sign = torch.ones(self.head_dim, dtype=model.dtype, device=model.device)  # [head_dim]
-        sign[:half] = -1.0
+        sign[: self.head_dim // 2] = -1.0
         self.sin_sign = sign
 
     @staticmethod
@@ -71,15 +68,7 @@ class FusedForward:
         qk = qkv[:, : heads + kv_heads]  # [num_tokens, heads + kv_heads, head_dim]
         qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, dims=-1), sin)
         query, key, value = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-        key_cache, value_cache = ctx.kv_cache.keys[layer_idx], ctx.kv_cache.values[layer_idx]
-        key_cache.view(-1, kv_heads, head_dim).index_copy_(0, ctx.slot_mapping, key)
-        value_cache.view(-1, kv_heads, head_dim).index_copy_(0, ctx.slot_mapping, value)
-        if kernels.uses_triton(query):
-            out = kernels.paged_attention(query.contiguous(), key_cache, value_cache, ctx.block_tables,
-                                          ctx.cu_query_lens, ctx.seq_lens, self.scaling, ctx.max_query_len,
-                                          ctx.max_seq_len)
-        else:
-            out = attend(query, key_cache, value_cache, ctx.reference_plan(), self.scaling)
+        out = attend_paged(ctx, layer_idx, query, key, value, self.scaling)  # [num_tokens, heads, head_dim]
         hidden = hidden + layer.o_proj(out.reshape(num_tokens, heads * head_dim))
         x = F.rms_norm(hidden, hidden.shape[-1:], layer.post_norm.weight, layer.post_norm.variance_epsilon)
         gate, up = F.linear(x, layer.gate_up_weight).chunk(2, dim=-1)
