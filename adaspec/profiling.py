@@ -21,6 +21,8 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--kv-cache-mb", type=int, help="KV cache budget in MiB (bounds the largest shapes)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (as the replicas will run)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="measure decode and verify forwards as CUDA graphs (as replicas run with --cuda-graphs)")
     parser.add_argument("--grid", choices=["full", "quick"], default="full")
     parser.add_argument("--output", default="latency-profile.json", help="where to write the profile")
 
@@ -33,7 +35,7 @@ def run_profile(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = Engine(args.target, args.draft, device=args.device,
+    engine = Engine(args.target, args.draft, device=args.device, cuda_graphs=args.cuda_graphs,
                     kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None)
     grid = latency_probe.FULL if args.grid == "full" else latency_probe.QUICK
     total = len(grid.shapes(grid.verify_tokens, engine.max_model_len))

@@ -62,10 +62,15 @@ class DraftEngine:
         max_spec_len: int = 8,
         max_model_len: int | None = None,
         profile: str | Path | LatencyProfile | None = None,
+        cuda_graphs: bool = False,
+        max_graphed_seqs: int = 64,
     ):
         """`profile`: the draft model's latency profile (`adaspec profile`); without one, the quick grid is
-        measured here. Either way it is refined from every step and published with the replica's load."""
+        measured here. Either way it is refined from every step and published with the replica's load.
+        `cuda_graphs`: forwards of up to `max_graphed_seqs` sessions replay CUDA graphs (CUDA only)."""
         self.device = torch.device(device) if device is not None else default_device()
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device; this engine runs on {self.device}")
         self.model = load_model(draft or BUNDLED_DRAFT, self.device, dtype or default_dtype(self.device))
         self.max_spec_len = max_spec_len
         self.max_model_len = min(self.model.max_model_len, max_model_len or self.model.max_model_len)
@@ -75,6 +80,8 @@ class DraftEngine:
         self.blocks = cache.blocks
         # Fit q to the tokenizer's vocabulary: the target may pad its embeddings, never its tokenizer.
         self.drafter = Drafter(ModelRunner(m, cache), len(m.tokenizer))
+        if cuda_graphs:  # before the latency probe: the profile measures the forwards as they will run
+            self.drafter.runner.use_cuda_graphs(max_graphed_seqs, max_spec_len + 1, self.max_model_len)
         self._sessions: dict[int, Sequence] = {}
         self._ids = itertools.count()
         if isinstance(profile, (str, Path)):

@@ -63,7 +63,8 @@ class Engine:
     `Engine()` loads the bundled pair; `Engine(target="dir", draft="dir")` any local HF checkpoints of
     the Llama family; without a draft only the `none` policy is available. `profile`: a latency profile
     (`adaspec profile` writes one) for the policies that need one; without it, the quick grid is measured
-    the first time such a policy runs.
+    the first time such a policy runs. `cuda_graphs`: decode and verify forwards replay CUDA graphs captured at
+    start (CUDA only; `adaspec.engine.cuda_graphs`).
     """
 
     external_drafts = False  # True where drafts arrive from outside (the verify service's engine)
@@ -83,10 +84,13 @@ class Engine:
         max_model_len: int | None = None,
         seed: int = 0,
         profile: str | Path | LatencyProfile | None = None,
+        cuda_graphs: bool = False,
     ):
         if target is None:
             target, draft = BUNDLED_TARGET, draft or BUNDLED_DRAFT
         self.device = torch.device(device) if device is not None else default_device()
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device; this engine runs on {self.device}")
         dtype = dtype or default_dtype(self.device)
         if not 0 <= max_spec_len <= kernels.rejection_sampler_ref.MAX_SPEC_LEN:
             raise ValueError(f"max_spec_len must be in [0, {kernels.rejection_sampler_ref.MAX_SPEC_LEN}]")
@@ -104,6 +108,8 @@ class Engine:
         caches = self._allocate_kv_caches(budget, block_size)
         self.target_runner = ModelRunner(self.target, caches[0])
         self.drafter = Drafter(ModelRunner(self.draft, caches[1]), self.target.vocab_size) if self.draft else None
+        if cuda_graphs:
+            self._capture_cuda_graphs(max_num_seqs)
         self.scheduler = Scheduler(
             caches[0].blocks, caches[1].blocks if self.draft else None, max_num_seqs, max_num_batched_tokens,
             reserve_tokens=self._reserve_tokens,
@@ -404,6 +410,13 @@ class Engine:
                     f"{blocks.num_blocks} blocks of {blocks.block_size} tokens; raise kv_cache_memory or lower "
                     f"max_tokens"
                 )
+
+    def _capture_cuda_graphs(self, max_num_seqs: int) -> None:
+        """Decode and verify forwards (up to max_spec_len + 1 new tokens per sequence: a verify step, or a draft
+        catching up) of both models as CUDA graphs; prefill stays eager."""
+        runners = [self.target_runner] + ([self.drafter.runner] if self.drafter is not None else [])
+        for runner in runners:
+            runner.use_cuda_graphs(max_num_seqs, self.max_spec_len + 1, self.max_model_len)
 
     def _block_managers(self):
         yield self.target_runner.kv_cache.blocks

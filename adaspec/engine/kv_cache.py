@@ -100,14 +100,17 @@ class BlockManager:
 
 
 class PagedKVCache:
-    """Key and value tensors per layer, `[num_blocks, block_size, num_kv_heads, head_dim]`."""
+    """Key and value tensors per layer, `[num_blocks + 1, block_size, num_kv_heads, head_dim]`: the block manager
+    hands out the first `num_blocks`; the last is scratch that a padded forward's padding tokens write to (CUDA
+    graphs run fixed shapes: `adaspec.engine.cuda_graphs`)."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: torch.device):
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        shape = (num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.blocks = BlockManager(num_blocks, block_size)
+        self.scratch_slot = num_blocks * block_size  # the scratch block's first slot
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -115,9 +118,10 @@ class PagedKVCache:
 
     @classmethod
     def from_budget(cls, budget_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
-                    dtype: torch.dtype, device: torch.device) -> "PagedKVCache":
+                    dtype: torch.dtype, device: torch.device) -> PagedKVCache:
         block_bytes = block_size * cls.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
-        num_blocks = budget_bytes // block_bytes
+        num_blocks = budget_bytes // block_bytes - 1  # the scratch block comes out of the budget too
         if num_blocks < 1:
-            raise ValueError(f"KV memory budget of {budget_bytes} bytes is smaller than one block ({block_bytes})")
+            raise ValueError(f"KV memory budget of {budget_bytes} bytes is smaller than two blocks ({block_bytes} each: "
+                             f"one to hand out, one scratch)")
         return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device)

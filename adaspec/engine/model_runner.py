@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from adaspec.engine.attention import ForwardContext, forward_context
+from adaspec.engine.cuda_graphs import GraphedForward, PackedBatch
 from adaspec.engine.fused_forward import FusedForward
 from adaspec.engine.kv_cache import PagedKVCache
 from adaspec.engine.model_loader import LoadedModel
@@ -26,6 +27,17 @@ class ModelRunner:
         self.loaded, self.model, self.kv_cache = loaded, loaded.model, kv_cache
         self.device = loaded.device
         self.fused = FusedForward(self.model) if fused and FusedForward.supports(self.model) else None
+        self.graphed: GraphedForward | None = None  # decode and verify forwards as CUDA graphs, once enabled
+
+    def use_cuda_graphs(self, max_num_seqs: int, max_query_len: int, max_model_len: int, capture: bool = True) -> None:
+        """Run forwards of up to `max_num_seqs` sequences of up to `max_query_len` new tokens each as CUDA graphs,
+        captured now (`capture=False`: the same padded inputs run eagerly; tests)."""
+        if self.fused is None:
+            raise ValueError(f"CUDA graphs run the engine's fused forward, which {type(self.model).__name__} does "
+                             f"not have (Llama, Mistral and Qwen2 do)")
+        self.graphed = GraphedForward(self.fused, self.kv_cache, max_num_seqs, max_query_len, max_model_len, capture)
+        if capture:
+            self.graphed.capture_all()
 
     @torch.inference_mode()
     def forward(self, items: list[ForwardItem]) -> torch.Tensor:
@@ -50,6 +62,10 @@ class ModelRunner:
             cu_query_lens.append(len(input_ids))
             seq_lens.append(end)
             tables.append(table)
+        max_query_len = max(len(item.token_ids) for item in items)
+        if self.graphed is not None and self.graphed.bucket_for(len(items), max_query_len) is not None:
+            return self.graphed(PackedBatch(input_ids, positions, slots, logit_index, cu_query_lens, seq_lens, tables,
+                                            max_query_len)).float()
         width = max(len(t) for t in tables)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)
         context = ForwardContext(
@@ -58,7 +74,7 @@ class ModelRunner:
             block_tables=as_tensor([t + [0] * (width - len(t)) for t in tables]),
             cu_query_lens=as_tensor(cu_query_lens),
             seq_lens=as_tensor(seq_lens),
-            max_query_len=max(len(item.token_ids) for item in items),
+            max_query_len=max_query_len,
             max_seq_len=max(seq_lens),
         )
         if self.fused is not None:

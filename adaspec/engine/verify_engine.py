@@ -146,7 +146,7 @@ class VerifyEngine(Engine):
     def _stack(self, proposals: list[Proposal]) -> Drafts:
         """One Drafts for the batch; sparse rows padded to the widest K with zero mass (ignored by the sampler)."""
         width = max([p.topk_ids.shape[1] for p in proposals if p.token_ids] or [1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))
         rows = [p for p in proposals if p.token_ids]
         ids = torch.cat([pad(p.topk_ids) for p in rows]) if rows else torch.zeros(0, width, dtype=torch.long)
         probs = torch.cat([pad(p.topk_probs) for p in rows]) if rows else torch.zeros(0, width)

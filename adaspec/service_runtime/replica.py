@@ -37,6 +37,8 @@ def add_replica_args(parser: argparse.ArgumentParser, default_port: int, kind: s
     parser.add_argument("--profile", help="latency profile written by `adaspec profile` (default: a quick one is "
                                           "measured at start); refined from every step and published with the load")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay decode and verify forwards as CUDA graphs captured at start (CUDA only)")
     parser.add_argument("--engine-core", choices=["auto", "process", "thread"], default="auto",
                         help="where the engine steps: a process of its own, or a thread of the service (whose "
                              "gRPC then shares the GIL with the step); auto: a process on a GPU, a thread on CPU")

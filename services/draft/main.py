@@ -23,7 +23,8 @@ def build(args, address: str):
     from adaspec.service_runtime.replica import start_engine_core
 
     engine_args = dict(draft=args.draft, device=args.device, max_spec_len=args.max_spec_len, profile=args.profile,
-                       kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None)
+                       kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
+                       cuda_graphs=args.cuda_graphs)
     core = start_engine_core(args, "draft", DraftTarget.build, engine_args)
     return DraftService(core, args.replica_id, address, max_sessions=args.max_sessions)
 

@@ -29,7 +29,7 @@ def build(args, address: str):
     engine_args = dict(
         target=args.target, device=args.device, kv_cache_memory=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_spec_len=args.max_spec_len, seed=0, profile=args.profile,
+        max_spec_len=args.max_spec_len, seed=0, profile=args.profile, cuda_graphs=args.cuda_graphs,
     )
     core = start_engine_core(args, "verify", VerifyTarget.build, engine_args)
     tokenizer = AutoTokenizer.from_pretrained(core.info["tokenizer_path"])
