@@ -20,6 +20,20 @@ torch.set_num_threads(2)
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 collect_ignore = ["test_kernels_interpreter.py" if INTERPRETING else "test_kernels_triton.py"]
 
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The interpreter run of the kernel tests starts in the background as soon as it is known to be wanted."""
+    for item in session.items:
+        if item.name == "test_kernels_in_interpreter_subprocess":
+            item.module.start_interpreter_run(session.config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in getattr(session, "items", []):
+        if item.name == "test_kernels_in_interpreter_subprocess":
+            item.module.stop_interpreter_run(session.config)
+
+
 HELD_OUT_SNIPPETS = [
     "def fib(n):",
     "import os\nimport sys\n\n\ndef main(argv):\n    parser = ",

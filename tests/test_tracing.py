@@ -72,8 +72,9 @@ def test_one_trace_per_request_across_the_three_services(traced):
     for trace_id, caller_span, completion in runs:
         stats = completion.stats
         assert stats.trace_id == trace_id  # returned to the caller: its own trace goes on in the service
-        spans = wait_for(lambda: (s := receiver.of_trace(trace_id)) and sum(x["name"] == "verify step" for x in s)
-                         >= stats.steps and any(x["name"].startswith("text_completion") for x in s) and s)
+        spans = wait_for(lambda trace_id=trace_id, stats=stats: (s := receiver.of_trace(trace_id))
+                         and sum(x["name"] == "verify step" for x in s) >= stats.steps
+                         and any(x["name"].startswith("text_completion") for x in s) and s)
         by_id = {s["span_id"]: s for s in spans}
         assert {s["service"] for s in spans} >= {"adaspec-coordinator", "adaspec-verify", "adaspec-draft"}
 
@@ -233,6 +234,25 @@ def adaspec_samples(scraped: dict[tuple[str, tuple], float]) -> dict[tuple[str, 
             if name.startswith(("adaspec_", "gen_ai_")) and not name.endswith("_created")}
 
 
+def exported_as_scraped(stack: Stack, receiver: OtlpReceiver, service: str, timeout_s: float = 20.0) -> None:
+    """Wait until `service`'s last OTLP export (every 0.3 s) is what its scrape endpoint shows. Each try scrapes
+    anew: a replica's gauges follow its load at its next heartbeat (0.5 s, later on a loaded machine), so a scrape
+    taken once may be overtaken. On timeout, the samples that differ (beyond the last bits of a float)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        scraped = adaspec_samples(scrape(stack, service))
+        exported = otlp_samples(receiver, service)
+        # each reader sums on its own and the scrape goes through text: sums may differ in the last bit
+        differ = {key: (exported.get(key), scraped.get(key)) for key in exported.keys() | scraped.keys()
+                  if key not in exported or key not in scraped
+                  or not math.isclose(exported[key], scraped[key], rel_tol=1e-12, abs_tol=1e-12)}
+        if not differ:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{service}: exported over OTLP vs scraped: {differ}")
+        time.sleep(0.1)
+
+
 def test_metrics_exported_over_otlp_are_the_scraped_ones(traced):
     """After a known workload (three requests, two policies), each service's OTLP export carries exactly what
     its scrape endpoint shows, and the coordinator's counts and histograms are the requests' own stats."""
@@ -242,10 +262,8 @@ def test_metrics_exported_over_otlp_are_the_scraped_ones(traced):
     with Client(stack.address, timeout=60) as client:
         runs = [(policy, client.generate(prompt, max_tokens=12, temperature=0, ignore_eos=True, policy=policy).stats)
                 for policy, prompt in (("fixed:2", "def f():"), ("fixed:2", "import os"), ("none", "class A:"))]
-    time.sleep(1.0)  # the replicas' gauges follow their load every heartbeat (0.5 s)
-    after = {name: adaspec_samples(scrape(stack, name)) for name in services}
-    for name in services:  # the next export (every 0.3 s) collects what the scrape saw: nothing ran since
-        wait_for(lambda name=name: otlp_samples(receiver, name) == after[name])
+    for name in services:
+        exported_as_scraped(stack, receiver, name)
 
     exported = otlp_samples(receiver, "coordinator")
     for policy in ("fixed:2", "none"):
