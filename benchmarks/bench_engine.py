@@ -2,11 +2,13 @@
 
     python benchmarks/bench_engine.py            # batch 1 and 8, 128 new tokens, greedy
     python benchmarks/bench_engine.py --rounds 1 --max-k 4
+    python benchmarks/bench_engine.py --device cuda --cuda-graphs both   # + rows `fixed:4+graphs` & co.
 
 Baselines run in the same process, interleaved round by round with the engine (timings on shared
 machines drift by ±15-30 % between runs): `transformers` `generate` on the target alone, and
 assisted generation (`assistant_model=` the draft; transformers supports it at batch 1 only, so at
-batch 8 the prompts run one after another). Prints a table, writes JSON and a PNG plot.
+batch 8 the prompts run one after another), on the engine's device and in its dtype. Prints a table, writes
+JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from adaspec import Engine, SamplingParams
-from adaspec.engine.model_loader import BUNDLED_DRAFT, BUNDLED_TARGET, MODELS_DIR
+from adaspec.engine.model_loader import (
+    BUNDLED_DRAFT,
+    BUNDLED_TARGET,
+    MODELS_DIR,
+    default_device,
+    default_dtype,
+    default_kv_budget,
+)
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -44,6 +53,13 @@ def held_out_prompts(tokenizer, count: int, prompt_tokens: int) -> list[list[int
     return [ids[i * stride : i * stride + prompt_tokens] for i in range(count)]
 
 
+def clock(device: torch.device) -> float:
+    """perf_counter once the work queued on `device` has run (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def time_engine(engine: Engine, prompts, policy: str, new_tokens: int, fused: bool = True) -> dict:
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     runners = [engine.target_runner, engine.drafter.runner]
@@ -52,9 +68,9 @@ def time_engine(engine: Engine, prompts, policy: str, new_tokens: int, fused: bo
         for runner in runners:
             runner.fused = None
     try:
-        start = time.perf_counter()
+        start = clock(engine.device)
         outs = engine.generate(prompts, params, policy=policy)
-        elapsed = time.perf_counter() - start
+        elapsed = clock(engine.device) - start
     finally:
         for runner, forward in zip(runners, forwards):
             runner.fused = forward
@@ -72,15 +88,15 @@ def time_engine(engine: Engine, prompts, policy: str, new_tokens: int, fused: bo
 def time_hf(target, prompts, new_tokens: int, assistant=None) -> dict:
     """HF generate on padded batches (left padding); with an assistant, one prompt at a time."""
     groups = [[p] for p in prompts] if assistant is not None else [prompts]
-    tokens, start = 0, time.perf_counter()
+    tokens, start = 0, clock(target.device)
     for group in groups:
         width = max(map(len, group))
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in group])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in group], device=target.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=target.device)
         out = target.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=0, assistant_model=assistant)
         tokens += (out.shape[1] - width) * len(group)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "acceptance": None, "tokens_per_step": None}
+    return {"seconds": clock(target.device) - start, "tokens": tokens, "acceptance": None, "tokens_per_step": None}
 
 
 def main() -> None:
@@ -91,15 +107,25 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--batch1-prompts", type=int, default=3, help="batch-1 runs per method and round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--general-forward", nargs="*", default=["none", "fixed:4"],
-                        help="policies also run on transformers' forward in place of the fused one")
+    parser.add_argument("--general-forward", nargs="*",
+                        help="policies also run on transformers' forward in place of the fused one "
+                             "(default: none and fixed:4, or fixed:MAX_K below 4)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "engine.json")
+    parser.add_argument("--device", help="the engine's and the baselines' device (default: the engine's default)")
+    parser.add_argument("--cuda-graphs", choices=["off", "on", "both"], default="off",
+                        help="the engine with CUDA graphs (rows `...+graphs`; no `[hf forward]` rows with `on`); "
+                             "both: with and without, interleaved in the same rounds")
     args = parser.parse_args()
     torch.manual_seed(0)
+    usual_k = f"fixed:{min(4, args.max_k)}"  # the policy of the warm-up and the `[hf forward]` rows
+    if args.general_forward is None:
+        args.general_forward = ["none", usual_k]
 
-    engine = Engine(max_spec_len=args.max_k)
-    target = AutoModelForCausalLM.from_pretrained(BUNDLED_TARGET, dtype=torch.float32).eval()
-    draft = AutoModelForCausalLM.from_pretrained(BUNDLED_DRAFT, dtype=torch.float32).eval()
+    engines = build_engines(args.max_k, args.device, args.cuda_graphs)
+    engine = next(iter(engines.values()))
+    dtype = default_dtype(engine.device)  # the baselines in the engine's dtype (bf16 on CUDA), for a fair race
+    target = AutoModelForCausalLM.from_pretrained(BUNDLED_TARGET, dtype=dtype).eval().to(engine.device)
+    draft = AutoModelForCausalLM.from_pretrained(BUNDLED_DRAFT, dtype=dtype).eval().to(engine.device)
     for model in (target, draft):
         model.generation_config.eos_token_id = None  # exactly new_tokens tokens, like ignore_eos
     prompts = held_out_prompts(engine.tokenizer, max(args.batches + [args.batch1_prompts]), args.prompt_tokens)
@@ -107,13 +133,16 @@ def main() -> None:
     methods = {"hf generate": lambda p: time_hf(target, p, args.new_tokens),
                "hf assisted": lambda p: time_hf(target, p, args.new_tokens, assistant=draft)}
     for policy in ["none"] + [f"fixed:{k}" for k in range(1, args.max_k + 1)]:
-        methods[policy] = lambda p, policy=policy: time_engine(engine, p, policy, args.new_tokens)
-    for policy in args.general_forward:  # the engine on transformers' own forward: what the fused one gains
-        methods[f"{policy} [hf forward]"] = lambda p, policy=policy: time_engine(engine, p, policy, args.new_tokens,
-                                                                                 fused=False)
+        for suffix, eng in engines.items():  # with and without graphs side by side, in the same rounds
+            methods[policy + suffix] = lambda p, policy=policy, eng=eng: time_engine(eng, p, policy, args.new_tokens)
+    if "" in engines:  # graphs replay the fused forward only: transformers' forward runs on the plain engine
+        for policy in args.general_forward:  # the engine on transformers' own forward: what the fused one gains
+            methods[f"{policy} [hf forward]"] = lambda p, policy=policy: time_engine(engines[""], p, policy,
+                                                                                     args.new_tokens, fused=False)
 
     runs: dict[tuple[int, str], list[list[dict]]] = {}  # per (batch, method): per round, its runs
-    time_engine(engine, prompts[:2], "fixed:4", 16)  # warm-up
+    for eng in engines.values():
+        time_engine(eng, prompts[:2], usual_k, 16)  # warm-up
     jobs = [(r, b, name) for r in range(args.rounds) for b in args.batches for name in methods]
     for round_, batch, name in tqdm(jobs, desc="benchmark", unit="run"):
         groups = [[p] for p in prompts[: args.batch1_prompts]] if batch == 1 else [prompts[:batch]]
@@ -140,10 +169,23 @@ def main() -> None:
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rounds": args.rounds,
-            "torch_threads": torch.get_num_threads(), "device": str(engine.device), "greedy": True}
+            "torch_threads": torch.get_num_threads(), "device": str(engine.device), "greedy": True,
+            "cuda_graphs": args.cuda_graphs}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"), "hf", "bundled pair, greedy")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def build_engines(max_k: int, device: str | None, cuda_graphs: str) -> dict[str, Engine]:
+    """The engines to time, by the suffix of their rows: "" plain, "+graphs" with CUDA graphs."""
+    suffixes = {"off": [""], "on": ["+graphs"], "both": ["", "+graphs"]}[cuda_graphs]
+    device = torch.device(device) if device else default_device()
+    # each engine's KV cache takes its share of the memory one engine would take (80 % of free memory on CUDA)
+    kv_bytes = default_kv_budget(device) // len(suffixes)
+    # `cuda_graphs` only when asked for: engines that predate it do not take the keyword
+    return {suffix: Engine(max_spec_len=max_k, device=device, kv_cache_memory=kv_bytes,
+                           **({"cuda_graphs": True} if suffix else {}))
+            for suffix in suffixes}
 
 
 def rate(runs: list[dict]) -> float:

@@ -15,7 +15,7 @@ median time (`triton.testing.do_bench`), as a fraction of a large device-to-devi
 The sampler runs with temperature 1 and half its requests greedy (`--filters` adds top-k 50 and
 top-p 0.9 to the sampled ones). Attention: a Qwen2-7B-like layer (28 query heads, 4 KV heads, head
 dim 128, bf16, block size 16), k + 1 query tokens per request, contexts of 256 to 2048 tokens.
-Prints a table, writes benchmarks/results/kernels.json and benchmarks/results/kernels.png.
+Prints a table, writes benchmarks/results/kernels.json and kernels.png beside it (`--out` elsewhere).
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--filters", action="store_true", help="top-k 50 and top-p 0.9 on the sampled requests")
     parser.add_argument("--skip-reference", action="store_true", help="time only the Triton kernels")
+    parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json", help="the JSON; the PNG goes beside it")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA GPU: no CUDA device is visible (the kernels run on CPU only "
@@ -193,12 +194,12 @@ def main() -> None:
     if large_batch:
         print(f"Triton sampler at batch >= 64: {min(large_batch):.1%} to {max(large_batch):.1%} of the copy "
               f"bandwidth (target: >= {SAMPLER_TARGET:.0%})")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": device, "copy_gb_per_s": copy_bw / 1e9, "filters": args.filters, "results": rows,
               "triton_vs_reference_mismatched_requests": mismatches if len(impls) == 2 else None}
-    (RESULTS / "kernels.json").write_text(json.dumps(report, indent=2))
-    plot(rows, args.vocab, RESULTS / "kernels.png")
-    print(f"wrote {RESULTS / 'kernels.json'} and {RESULTS / 'kernels.png'}")
+    args.out.write_text(json.dumps(report, indent=2))
+    plot(rows, args.vocab, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """The Triton kernels against their PyTorch references, run on the CPU by the Triton interpreter.
 
+With ADASPEC_TEST_DEVICE=cuda the kernels run compiled on the GPU instead (`benchmarks/gpu_check.sh`): the inputs
+are built on the CPU as always and copied to the GPU where a kernel is called, and its outputs copied back, so
+the references and every check are the same in both modes: `ADASPEC_TEST_DEVICE=cuda pytest
+tests/test_kernels_triton.py` (a plain run of the suite still runs them in the interpreter only, as below).
+
 `triton.jit` picks the interpreter when a function is decorated, so TRITON_INTERPRET=1 must be set
 before `triton` itself is first imported — Triton's own `tl.max` & co. are jit functions too. In a
 plain pytest run the shared conftest has already imported triton (transformers pulls in torch's
@@ -17,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 
-if "triton" not in sys.modules:
+DEVICE = os.environ.get("ADASPEC_TEST_DEVICE", "cpu")  # where the kernels run: "cpu" (interpreted) or "cuda"
+if DEVICE == "cpu" and "triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
@@ -42,9 +48,11 @@ from triton.runtime.interpreter import InterpretedFunction
 from adaspec import kernels
 from tests.test_rejection_sampler import TIED_LOGITS, first_token_pvalue, zero_residual_case
 
-if not isinstance(tl.max, InterpretedFunction):  # named on a plain pytest run's command line
+if DEVICE == "cpu" and not isinstance(tl.max, InterpretedFunction):  # named on a plain pytest run's command line
     pytest.fail("triton was imported before this module without TRITON_INTERPRET=1: run `TRITON_INTERPRET=1 pytest "
                 "tests/test_kernels_triton.py`, or tests/test_kernels_interpreter.py", pytrace=False)
+if DEVICE != "cpu" and not torch.cuda.is_available():  # asked for a GPU: a run without one must not pass
+    pytest.fail(f"ADASPEC_TEST_DEVICE={DEVICE} but torch sees no CUDA device", pytrace=False)
 
 
 SEED_MAX = 2**63 - 1  # seeds are in [0, 2**63); torch.randint takes an exclusive int64 bound
@@ -89,9 +97,26 @@ def make_inputs(batch: int, vocab: int, max_k: int, topk: int, seed: int, *, gre
     }
 
 
+def on_device(value):
+    """A tensor, or a dict or tuple of tensors and plain values, with its tensors on DEVICE (strides kept)."""
+    if torch.is_tensor(value):
+        return value.to(DEVICE)
+    if isinstance(value, dict):
+        return {key: on_device(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(on_device(item) for item in value)
+    return value
+
+
+def triton_sample(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton sampler on DEVICE; (num_accepted, output) back on the CPU."""
+    num_accepted, output = rejection_sampler_triton.rejection_sample(**on_device(inputs))
+    return num_accepted.cpu(), output.cpu()
+
+
 def assert_same_as_reference(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     expected_accepted, expected_output = rejection_sampler_ref.rejection_sample(**inputs)
-    num_accepted, output = rejection_sampler_triton.rejection_sample(**inputs)
+    num_accepted, output = triton_sample(inputs)
     assert num_accepted.tolist() == expected_accepted.tolist()
     assert output.tolist() == expected_output.tolist()
     return num_accepted, output
@@ -109,9 +134,9 @@ def test_triton_rng_matches_reference_bits():
     edge_seeds = torch.tensor([0, 1, 2**32 - 1, 2**32, SEED_MAX - 1, SEED_MAX])
     seeds = torch.cat([edge_seeds, torch.randint(0, SEED_MAX, (250,), generator=g)])
     counters = torch.cat([torch.tensor([0, 1, 63, 64, 2**32 - 1]), torch.randint(0, 2**32, (251,), generator=g)])
-    out = torch.empty(256)
-    _uniform_kernel[(1,)](seeds, counters, out, N=256)
-    assert torch.equal(out, uniform(seeds, counters))
+    out = torch.empty(256, device=DEVICE)
+    _uniform_kernel[(1,)](*on_device((seeds, counters)), out, N=256)
+    assert torch.equal(out.cpu(), uniform(seeds, counters))
 
 
 @pytest.mark.parametrize(
@@ -202,13 +227,15 @@ def test_half_precision_logits(dtype):
 def triton_probs(logits, temperature, top_k, top_p) -> torch.Tensor:
     """p of each row as the Triton sampler sees it: `target_row_stats_kernel`'s stats, expanded in PyTorch."""
     rows = logits.shape[0]
-    stats = [torch.empty(rows, dtype=dtype) for dtype in (torch.long, torch.float32, torch.float32, torch.int32)]
+    stats = [torch.empty(rows, dtype=dtype, device=DEVICE)
+             for dtype in (torch.long, torch.float32, torch.float32, torch.int32)]
     target_row_stats_kernel[(rows, 1)](
-        logits, torch.zeros(rows, dtype=torch.long), temperature, top_k, top_p, torch.zeros(rows, dtype=torch.bool),
+        *on_device((logits, torch.zeros(rows, dtype=torch.long), temperature, top_k, top_p,
+                    torch.zeros(rows, dtype=torch.bool))),
         *stats, logits.shape[1], logits.stride(0),
         BLOCK=rejection_sampler_triton.STATS_BLOCK, SEARCH_BLOCK=rejection_sampler_triton.SEARCH_BLOCK,
     )  # each row its own request with k = 0
-    _, row_max, row_inv_sum, row_threshold = stats
+    _, row_max, row_inv_sum, row_threshold = (stat.cpu() for stat in stats)
     scaled = logits.float() / torch.where(temperature > 0, temperature, 1.0)[:, None]  # [rows, vocab]
     bits = scaled.view(torch.int32)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # sampling_triton.float_key
@@ -281,7 +308,7 @@ def test_triton_emitted_token_is_distributed_as_p():
     """
     p, q, inputs = distribution_inputs(rows=200, vocab=8, seed=9)
     assert (p - q).abs().sum() > 0.5, "the test needs a draft that differs from the target"
-    num_accepted, output = rejection_sampler_triton.rejection_sample(**inputs)
+    num_accepted, output = triton_sample(inputs)
     assert 0.2 < num_accepted.float().mean() < 0.8, "both accepted and recovered tokens must occur"
     assert first_token_pvalue(p, output[:, 0]) > 1e-3
     overlap = torch.minimum(p, q)
@@ -318,7 +345,7 @@ def make_attention_inputs(query_lens, seq_lens, num_heads, num_kv_heads, head_di
 def test_paged_attention_matches_reference(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size):
     args = make_attention_inputs(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size, seed=0)
     expected = paged_attention_ref.paged_attention(*args)
-    out = paged_attention_triton.paged_attention(*args)
+    out = paged_attention_triton.paged_attention(*on_device(args)).cpu()
     assert out.shape == expected.shape
     assert (out - expected).abs().max() < 2e-5
 
@@ -327,12 +354,13 @@ def test_paged_attention_half_precision():
     args = make_attention_inputs([4, 1], [20, 33], 4, 2, 32, 16, seed=1, dtype=torch.float16)
     expected = paged_attention_ref.paged_attention(*[a.float() if torch.is_tensor(a) and a.is_floating_point() else a
                                                      for a in args])
-    out = paged_attention_triton.paged_attention(*args)
+    out = paged_attention_triton.paged_attention(*on_device(args)).cpu()
     assert out.dtype == torch.float16 and (out.float() - expected).abs().max() < 5e-3
 
 
 def test_dispatch(monkeypatch):
-    """CPU tensors use the references; ADASPEC_FORCE_TRITON=1 routes them to the Triton kernels."""
+    """CPU tensors use the references; ADASPEC_FORCE_TRITON=1 routes them to the Triton kernels (interpreted), and
+    so do CUDA tensors without it (on a GPU, where the forced CPU path cannot run compiled)."""
     inputs = make_inputs(3, 200, 2, 4, seed=60)
     attention_args = make_attention_inputs([2, 1], [5, 3], 2, 1, 16, 4, seed=2)
     calls = []
@@ -344,8 +372,9 @@ def test_dispatch(monkeypatch):
     kernels.rejection_sample(**inputs)
     kernels.paged_attention(*attention_args)
     assert calls == [rejection_sampler_ref, paged_attention_ref]
-    monkeypatch.setenv(kernels.FORCE_TRITON_ENV, "1")
-    kernels.rejection_sample(**inputs)
-    kernels.paged_attention(*attention_args)
+    if DEVICE == "cpu":
+        monkeypatch.setenv(kernels.FORCE_TRITON_ENV, "1")
+    kernels.rejection_sample(**on_device(inputs))
+    kernels.paged_attention(*on_device(attention_args))
     assert calls[2:] == [rejection_sampler_triton, paged_attention_triton]
 
