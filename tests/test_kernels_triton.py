@@ -350,6 +350,24 @@ def test_paged_attention_matches_reference(query_lens, seq_lens, num_heads, num_
     assert (out - expected).abs().max() < 2e-5
 
 
+def test_paged_attention_over_a_padded_batch():
+    """A CUDA graph's padded batch (`adaspec.engine.cuda_graphs`): sequences that hold no token and query rows past
+    the last sequence get no work, a larger max_query_len than the batch needs changes nothing, and the real rows
+    are the unpadded batch's."""
+    args = make_attention_inputs([1, 4, 2], [16, 15, 9], 4, 2, 16, 16, seed=5)
+    query, key_cache, value_cache, block_tables, cu_query_lens, seq_lens, scale, _, _ = args
+    expected = paged_attention_ref.paged_attention(*args)
+    pad_rows, pad_seqs, g = 5, 2, torch.Generator().manual_seed(6)
+    padded = (torch.cat([query, torch.randn(pad_rows, *query.shape[1:], generator=g)]), key_cache, value_cache,
+              torch.cat([block_tables, torch.zeros(pad_seqs, block_tables.shape[1], dtype=block_tables.dtype)]),
+              torch.cat([cu_query_lens, cu_query_lens[-1:].expand(pad_seqs)]),
+              torch.cat([seq_lens, torch.zeros(pad_seqs, dtype=seq_lens.dtype)]),
+              scale, 5, block_tables.shape[1] * 16)
+    out = paged_attention_triton.paged_attention(*on_device(padded)).cpu()
+    assert out.shape == padded[0].shape
+    assert (out[: query.shape[0]] - expected).abs().max() < 2e-5
+
+
 def test_paged_attention_half_precision():
     args = make_attention_inputs([4, 1], [20, 33], 4, 2, 32, 16, seed=1, dtype=torch.float16)
     expected = paged_attention_ref.paged_attention(*[a.float() if torch.is_tensor(a) and a.is_floating_point() else a
