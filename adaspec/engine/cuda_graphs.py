@@ -16,8 +16,10 @@ Padding, so that a batch of s <= S sequences and t <= T tokens runs in the (S, Q
     own (every op but attention is row-wise), and no logit reads them;
   - logit rows past the wanted ones read row 0 and are dropped.
 The Triton attention kernel reads the query offsets and sequence lengths from the device, so one graph serves
-every context length; its launch grid depends on S and Q only. Prefill, and any forward with more tokens per
-sequence than the largest Q, runs eagerly.
+every context length; its launch grid depends on S and Q only. The graph ends at the final hidden states: the output
+layer runs after it on the wanted rows only (a verify step wants every row, a draft forward one row per sequence;
+and a graph's output of T rows by the vocabulary, kept per graph, would add up to gigabytes over the buckets of a
+large-vocabulary model). Prefill, and any forward with more tokens per sequence than the largest Q, runs eagerly.
 
 `GraphedForward(capture=False)` runs the same padded buffers without capturing (no CUDA needed), which is how
 the padding is tested on the CPU (through the Triton kernel in the interpreter: the PyTorch reference plans
@@ -62,7 +64,7 @@ class _Bucket:
         self.input_ids, self.positions, self.slots, self.logit_index, self.cu_query_lens, self.seq_lens = views[:6]
         self.block_tables = views[6].view(num_seqs, table_width)  # [S, table_width]
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None  # [T, vocab] the graph's output
+        self.hidden: torch.Tensor | None = None  # [T, hidden] the graph's output: final-norm hidden states
 
 
 class GraphedForward:
@@ -94,17 +96,17 @@ class GraphedForward:
                 self._bucket((num_seqs, query_len))
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
-        """Logits [num_logits, vocab] of `batch` (which must fit a bucket); valid until the next call."""
+        """Logits [num_logits, vocab] of `batch` (which must fit a bucket)."""
         key = self.bucket_for(len(batch.seq_lens), batch.max_query_len)
         assert key is not None, f"no bucket for {len(batch.seq_lens)} sequences of up to {batch.max_query_len} tokens"
         bucket = self._bucket(key)
         bucket.flat.copy_(self.padded_inputs(batch, key), non_blocking=True)
         if bucket.graph is not None:
             bucket.graph.replay()
-            logits = bucket.logits
+            hidden = bucket.hidden
         else:
-            logits = self._run(bucket)
-        return logits[: len(batch.logit_index)]
+            hidden = self._run(bucket)
+        return self.forward.model.lm_head(hidden[: len(batch.logit_index)])  # [num_logits, vocab]
 
     def padded_inputs(self, batch: PackedBatch, key: tuple[int, int]) -> torch.Tensor:
         """The bucket's flat input buffer for `batch`, padded as the module docstring says (host, pinned on CUDA).
@@ -150,7 +152,7 @@ class GraphedForward:
         torch.cuda.current_stream().wait_stream(side)
         bucket.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(bucket.graph, pool=self._pool):
-            bucket.logits = self._run(bucket)
+            bucket.hidden = self._run(bucket)
 
     @torch.inference_mode()
     def _run(self, bucket: _Bucket) -> torch.Tensor:
@@ -159,4 +161,4 @@ class GraphedForward:
             cu_query_lens=bucket.cu_query_lens, seq_lens=bucket.seq_lens, max_query_len=bucket.query_len,
             max_seq_len=self.table_width * self.kv_cache.blocks.block_size,
         )
-        return self.forward(bucket.input_ids, bucket.positions, bucket.logit_index, context)
+        return self.forward.hidden_states(bucket.input_ids, bucket.positions, bucket.logit_index, context)

@@ -50,6 +50,11 @@ class FusedForward:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, logit_index: torch.Tensor,
                  ctx: ForwardContext) -> torch.Tensor:
         """input_ids, positions: [num_tokens]; logit_index: [num_logits] rows wanted. Returns [num_logits, vocab]."""
+        return self.model.lm_head(self.hidden_states(input_ids, positions, logit_index, ctx))
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, logit_index: torch.Tensor,
+                      ctx: ForwardContext) -> torch.Tensor:
+        """The final-norm hidden states of the rows wanted: [num_logits, hidden] (the output layer's input)."""
         body = self.model.model
         hidden = body.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = body.rotary_emb(hidden, positions[None])  # [1, num_tokens, head_dim] each
@@ -57,8 +62,7 @@ class FusedForward:
         for layer_idx, layer in enumerate(self.layers):
             hidden = self._layer(layer_idx, layer, hidden, cos, sin, ctx)
         hidden = hidden.index_select(0, logit_index)  # [num_logits, hidden]
-        hidden = F.rms_norm(hidden, hidden.shape[-1:], body.norm.weight, body.norm.variance_epsilon)
-        return self.model.lm_head(hidden)
+        return F.rms_norm(hidden, hidden.shape[-1:], body.norm.weight, body.norm.variance_epsilon)
 
     def _layer(self, layer_idx: int, layer: _FusedLayer, hidden: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
