@@ -11,7 +11,6 @@
 # and the tables) and log.txt (what the parts wrote to stderr: progress, warnings, tracebacks). Each part runs
 # under its own `timeout` and a failed part does not stop the next; the exit status is 1 if any part failed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 DRY_RUN=0
 PARTS=()
@@ -24,45 +23,14 @@ for arg in "$@"; do
 done
 ((${#PARTS[@]})) || PARTS=(kernel_tests kernels engine)
 
-RESULTS=${OUT:-benchmarks/results/gpu}
-SCRATCH=$(mktemp -d)  # the benchmarks' printed tables, gathered into summary.md (only 8 files come back)
-trap 'rm -rf "$SCRATCH"' EXIT
-export PYTHONUNBUFFERED=1
-SUMMARY_ROWS=()
-FAILED=0
-
-# part NAME SECONDS OUTFILE COMMAND...: COMMAND under a timeout, its stdout to OUTFILE and its stderr to log.txt
-part() {
-  local name=$1 seconds=$2 outfile=$3 status=0 start=$SECONDS outcome
-  shift 3
-  if ((DRY_RUN)); then
-    echo "[$name] timeout $seconds $(printf '%q ' "$@")> $outfile"
-    return
-  fi
-  echo "== $name (at most ${seconds} s): $*" | tee -a "$RESULTS/log.txt"
-  timeout --kill-after=10 "$seconds" "$@" >"$outfile" 2>>"$RESULTS/log.txt" || status=$?
-  case $status in
-    0) outcome=ok ;;
-    124 | 137) outcome="timed out after ${seconds} s" ;;
-    *) outcome="failed (exit $status)" ;;
-  esac
-  ((status == 0)) || FAILED=1
-  SUMMARY_ROWS+=("| $name | $outcome | $((SECONDS - start)) |")
-  echo "== $name: $outcome in $((SECONDS - start)) s"
-}
+LOG=log.txt
+source "$(dirname "$0")/gpu_common.sh"  # RESULTS, SCRATCH, part, install_checkout, parts_table, section
 
 wanted() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
-((DRY_RUN)) || { mkdir -p "$RESULTS" && : >"$RESULTS/log.txt"; }
-
-# The device image lacks none of what these parts import; .whl/ holds what scripts/gpu_wheels.sh chose to carry.
-if compgen -G ".whl/*.whl" >/dev/null; then
-  part wheels 30 "$SCRATCH/wheels.txt" python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# Editable, so that `adaspec.kernels` maps to kernels/ (pyproject's package-dir); offline: no index, no build env
-part install 40 "$SCRATCH/install.txt" python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+# Of what these parts import, the device image lacks only setuptools (the editable install's backend); the other
+# wheels scripts/gpu_wheels.sh carries are gpu_serving.sh's (the services'), installed here too but not imported.
+install_checkout
 
 # the GPU in the first line (summary.md), then the driver, torch's own report and the versions torch omits
 part env 20 "$RESULTS/env.txt" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -91,17 +59,11 @@ if ((DRY_RUN)); then
   exit 0
 fi
 
-section() {  # section TITLE FILE: FILE in a fenced block, or a note that the part left nothing
-  printf '\n## %s\n\n```text\n' "$1"
-  if [[ -s $2 ]]; then cat "$2"; else echo "(no output: see log.txt)"; fi
-  printf '```\n'
-}
 {
   echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "GPU (name, driver, memory): $(head -n 1 "$RESULTS/env.txt")"
-  printf '\n| part | status | seconds |\n| --- | --- | --- |\n'
-  printf '%s\n' "${SUMMARY_ROWS[@]}"
+  parts_table
   if wanted kernel_tests; then
     # pytest's list of what failed and why (-ra, from pyproject) down to its count, or the count alone
     tests="$RESULTS/kernel_tests.txt"

@@ -177,7 +177,8 @@ def test_trace_arrivals_keep_order_and_gap_ratios_at_every_rate(tmp_path: Path) 
 
 def test_azure_traces_without_the_shared_data(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ADASPEC_TRACES_DIR", str(tmp_path))
-    kw = dict(policies=["none"], num_requests=3, max_prompt_tokens=32, max_output_tokens=8, min_output_tokens=2)
+    kw = {"policies": ["none"], "num_requests": 3, "max_prompt_tokens": 32, "max_output_tokens": 8,
+          "min_output_tokens": 2}
     workload = build_workload(BenchConfig(trace="azure-code", **kw), tokenizer_for(None))
     assert "synthetic" in workload.description and len(workload.requests) == 3
     with pytest.raises(FileNotFoundError, match="azure_llm_2023_conv"):
@@ -229,6 +230,25 @@ def test_bad_options_are_argparse_errors(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *argv])
     assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_replica_args_reach_every_replica_of_the_stack(monkeypatch) -> None:
+    """`--replica-args` (a shell-quoted string) ends up in both replicas' `adaspec serve` arguments; the stack is
+    stopped short at its construction, so no process starts."""
+    configs = []
+
+    class Started(Exception):
+        pass
+
+    def stack(config: StackConfig):
+        configs.append(config)
+        raise Started
+
+    monkeypatch.setattr("adaspec.stack.Stack", stack)
+    with pytest.raises(Started):
+        main(["bench", "--replica-args=--cuda-graphs --kv-cache-mb 64", "--verify-replicas", "2"])
+    assert configs[0].verify_args == configs[0].draft_args == ["--cuda-graphs", "--kv-cache-mb", "64"]
+    assert configs[0].verify_replicas == 2
 
 
 def test_bad_combinations_are_errors(capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--profile", help="latency profile for the replicas (`adaspec profile`; default: each "
                                          "measures a quick one at start)")
     where.add_argument("--log-dir", help="service logs (default: a temporary directory)")
+    where.add_argument("--replica-args", type=shlex.split, default=[], metavar="ARGS",
+                       help="more `adaspec serve verify` / `draft` arguments for every replica of the stack, one "
+                            "shell-quoted string, e.g. --replica-args=--cuda-graphs (with '=': the value starts "
+                            "with a dash)")
 
     load = parser.add_argument_group("load")
     load.add_argument("--request-rate", type=RATE, nargs="+", default=[math.inf],
@@ -174,6 +179,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         stack_config = StackConfig(verify_replicas=args.verify_replicas, draft_replicas=args.draft_replicas,
                                    redis=args.redis, target=args.target_model, draft=args.draft_model,
                                    threads=args.threads, profile=args.profile, log_dir=args.log_dir,
+                                   verify_args=args.replica_args, draft_args=args.replica_args,
                                    http=args.backend == "openai")
         print("starting the stack (verify, draft, coordinator) ...", file=sys.stderr, flush=True)
         with Stack(stack_config) as stack:
@@ -181,7 +187,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             results = run_bench(config, stack.http_url + "/v1" if args.backend == "openai" else stack.address)
         results["stack"] = {"verify_replicas": args.verify_replicas, "draft_replicas": args.draft_replicas,
                             "redis": args.redis, "target_model": args.target_model, "draft_model": args.draft_model,
-                            "threads": args.threads, "profile": args.profile}
+                            "threads": args.threads, "profile": args.profile, "replica_args": args.replica_args}
     paths = write_results(results, args.output_json)
     print(f"\nworkload: {results['workload']}\n")
     print(markdown_tables(results))
