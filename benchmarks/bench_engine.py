@@ -182,9 +182,7 @@ def build_engines(max_k: int, device: str | None, cuda_graphs: str) -> dict[str,
     device = torch.device(device) if device else default_device()
     # each engine's KV cache takes its share of the memory one engine would take (80 % of free memory on CUDA)
     kv_bytes = default_kv_budget(device) // len(suffixes)
-    # `cuda_graphs` only when asked for: engines that predate it do not take the keyword
-    return {suffix: Engine(max_spec_len=max_k, device=device, kv_cache_memory=kv_bytes,
-                           **({"cuda_graphs": True} if suffix else {}))
+    return {suffix: Engine(max_spec_len=max_k, device=device, kv_cache_memory=kv_bytes, cuda_graphs=bool(suffix))
             for suffix in suffixes}
 
 
