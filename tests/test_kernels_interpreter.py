@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ RUN_KEY = pytest.StashKey[subprocess.Popen]()
 def start_interpreter_run(config: pytest.Config) -> None:
     """Start the kernel tests under the interpreter, niced, in the background (conftest, once collected)."""
     # --noconftest: the shared conftest's fixtures are not used there, and it imports transformers (~7 s)
-    command = ["nice", "-n", "19", sys.executable, "-m", "pytest", str(KERNEL_TESTS), "-q", "-p", "no:cacheprovider",
+    lowest_priority = ["nice", "-n", "19"] if shutil.which("nice") else []  # coreutils; without it, as it is
+    command = [*lowest_priority, sys.executable, "-m", "pytest", str(KERNEL_TESTS), "-q", "-p", "no:cacheprovider",
                "-o", "addopts=", "--noconftest"]
     if config.getoption("markexpr"):
         command += ["-m", config.getoption("markexpr")]
