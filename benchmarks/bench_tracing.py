@@ -47,9 +47,8 @@ async def workload(address: str, requests: int, concurrency: int) -> tuple[list,
         return stats, time.perf_counter() - start
 
 
-def run(traced: bool, sink_port: int, args) -> dict:
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-           "OTEL_BSP_SCHEDULE_DELAY": "500"} if traced else {}
+def run(traced: bool, sink: OtlpReceiver, args) -> dict:
+    env = sink.exporter_env(span_delay_ms=500) if traced else {}
     stack = Stack(StackConfig(profile=args.profile))
     try:
         with mock.patch.dict(os.environ, env):  # the services' environment
@@ -99,12 +98,12 @@ def main() -> None:
     args = parser.parse_args()
 
     sink = OtlpReceiver()
-    sink_port = sink.start()
+    sink.start()
     runs = []
     try:
         order = [(r, traced) for r in range(args.rounds) for traced in ((False, True) if r % 2 == 0 else (True, False))]
         for r, traced in tqdm(order, desc="runs", unit="run"):
-            runs.append({"round": r, **run(traced, sink_port, args)})
+            runs.append({"round": r, **run(traced, sink, args)})
         time.sleep(1.5)  # the last batch of spans
     finally:
         sink.stop()

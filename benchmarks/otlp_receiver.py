@@ -22,15 +22,22 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.metrics: dict[str, dict[tuple[str, tuple], dict]] = {}
         self.lock = threading.Lock()
         self._server: grpc.Server | None = None
+        self.port: int | None = None  # once started
 
     def start(self) -> int:
         """Listen on a free loopback port and return it (`http://127.0.0.1:PORT` is the exporters' endpoint)."""
         self._server = grpc.server(futures.ThreadPoolExecutor(4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), self._server)
-        port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
-        return port
+        return self.port
+
+    def exporter_env(self, span_delay_ms: int) -> dict[str, str]:
+        """The environment under which a service exports here: OTLP/gRPC in plain text, spans every `span_delay_ms`
+        (the SDK's default of 5 s would keep a benchmark or a test waiting)."""
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_BSP_SCHEDULE_DELAY": str(span_delay_ms)}
 
     def stop(self) -> None:
         self._server.stop(0)

@@ -137,11 +137,9 @@ def main() -> None:
     args = parser.parse_args()
 
     receiver = OtlpReceiver()
-    port = receiver.start()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-           "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    receiver.start()
     try:
-        with mock.patch.dict(os.environ, env):  # the services' environment
+        with mock.patch.dict(os.environ, receiver.exporter_env(span_delay_ms=200)):  # the services' environment
             stack = Stack(StackConfig(threads=args.threads)).start()
         try:
             completions = asyncio.run(run_requests(stack.address, args.policy, args.requests, args.tokens))

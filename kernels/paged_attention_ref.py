@@ -24,6 +24,7 @@ class AttentionPlan:
     """
 
     batch: int
+    num_tokens: int  # query rows the requests hold (a CUDA graph's padded batch has more, which are no request's)
     max_query_len: int
     max_seq_len: int
     q_index: torch.Tensor | None  # [batch * max_query_len] packed row of each padded query
@@ -54,7 +55,7 @@ def plan_attention(
         out_rows = q_valid.flatten().nonzero().squeeze(1)  # [num_tokens]
     kv_pos = torch.arange(max_seq_len, device=device)  # [max_seq_len]
     slots = block_tables[:, kv_pos // block_size].long() * block_size + kv_pos % block_size  # [batch, max_seq_len]
-    plan = AttentionPlan(batch, max_query_len, max_seq_len, q_index, out_rows, slots.flatten(), None)
+    plan = AttentionPlan(batch, num_tokens, max_query_len, max_seq_len, q_index, out_rows, slots.flatten(), None)
     if batch == 1 and max_query_len == 1 and max_seq_len == int(seq_lens[0]):
         return plan  # one decode token sees every gathered key
     q_pos = seq_lens[:, None].long() - query_lens[:, None] + q_offsets[None, :]  # [batch, max_query_len]
@@ -74,6 +75,7 @@ def attend(
     num_heads, num_kv_heads, head_dim = query.shape[1], key_cache.shape[2], key_cache.shape[3]
     assert key_cache.shape == value_cache.shape and num_heads % num_kv_heads == 0
     batch, max_query_len, max_seq_len = plan.batch, plan.max_query_len, plan.max_seq_len
+    rows, query = query.shape[0], query[: plan.num_tokens]  # rows past the requests' come back zero
     padded = query if plan.q_index is None else query.index_select(0, plan.q_index)
     q = padded.view(batch, max_query_len, num_heads, head_dim).transpose(1, 2)  # [batch, num_heads, max_q, head_dim]
     k = key_cache.flatten(0, 1).index_select(0, plan.slots).view(batch, max_seq_len, num_kv_heads, head_dim)
@@ -83,7 +85,8 @@ def attend(
         enable_gqa=num_kv_heads != num_heads,
     )  # [batch, num_heads, max_query_len, head_dim]
     out = out.transpose(1, 2).reshape(batch * max_query_len, num_heads, head_dim)
-    return out if plan.out_rows is None else out.index_select(0, plan.out_rows)
+    out = out if plan.out_rows is None else out.index_select(0, plan.out_rows)
+    return out if rows == plan.num_tokens else torch.cat([out, out.new_zeros(rows - plan.num_tokens, *out.shape[1:])])
 
 
 def paged_attention(

@@ -32,9 +32,8 @@ from tests.test_services_small import scrape
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     receiver = OtlpReceiver()
-    port = receiver.start()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
+    receiver.start()
+    env = {**receiver.exporter_env(span_delay_ms=100), "OTEL_METRIC_EXPORT_INTERVAL": "300"}
     stack = Stack(StackConfig(http=True, metrics=True, log_dir=str(tmp_path_factory.mktemp("traced-logs"))))
     try:
         with mock.patch.dict(os.environ, env):  # the services' environment
@@ -45,10 +44,11 @@ def traced(tmp_path_factory):
         receiver.stop()
 
 
-def wait_for(condition, timeout_s: float = 15.0):
+def wait_for(condition, timeout_s: float = 15.0, failure=lambda: "the spans did not arrive"):
+    """Poll `condition` until it is truthy and return its value; on timeout fail with `failure()`."""
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
-        assert time.monotonic() < deadline, "the spans did not arrive"
+        assert time.monotonic() < deadline, failure()
         time.sleep(0.1)
     return value
 
@@ -238,19 +238,17 @@ def exported_as_scraped(stack: Stack, receiver: OtlpReceiver, service: str, time
     """Wait until `service`'s last OTLP export (every 0.3 s) is what its scrape endpoint shows. Each try scrapes
     anew: a replica's gauges follow its load at its next heartbeat (0.5 s, later on a loaded machine), so a scrape
     taken once may be overtaken. On timeout, the samples that differ (beyond the last bits of a float)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def differing() -> dict:
         scraped = adaspec_samples(scrape(stack, service))
         exported = otlp_samples(receiver, service)
         # each reader sums on its own and the scrape goes through text: sums may differ in the last bit
-        differ = {key: (exported.get(key), scraped.get(key)) for key in exported.keys() | scraped.keys()
-                  if key not in exported or key not in scraped
-                  or not math.isclose(exported[key], scraped[key], rel_tol=1e-12, abs_tol=1e-12)}
-        if not differ:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{service}: exported over OTLP vs scraped: {differ}")
-        time.sleep(0.1)
+        return {key: (exported.get(key), scraped.get(key)) for key in exported.keys() | scraped.keys()
+                if key not in exported or key not in scraped
+                or not math.isclose(exported[key], scraped[key], rel_tol=1e-12, abs_tol=1e-12)}
+
+    wait_for(lambda: not differing(), timeout_s,
+             failure=lambda: f"{service}: exported over OTLP vs scraped: {differing()}")
 
 
 def test_metrics_exported_over_otlp_are_the_scraped_ones(traced):

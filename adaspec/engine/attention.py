@@ -74,11 +74,6 @@ def attend_paged(ctx: ForwardContext, layer: int, query: torch.Tensor, key: torc
     if kernels.uses_triton(query):
         return kernels.paged_attention(query.contiguous(), key_cache, value_cache, ctx.block_tables,
                                        ctx.cu_query_lens, ctx.seq_lens, scale, ctx.max_query_len, ctx.max_seq_len)
-    num_tokens = int(ctx.cu_query_lens[-1])
-    if num_tokens < query.shape[0]:  # a padded batch (adaspec.engine.cuda_graphs): the padding is no sequence's
-        out = query.new_zeros(query.shape)
-        out[:num_tokens] = attend(query[:num_tokens], key_cache, value_cache, ctx.reference_plan(), scale)
-        return out
     return attend(query, key_cache, value_cache, ctx.reference_plan(), scale)
 
 

@@ -22,8 +22,9 @@ and a graph's output of T rows by the vocabulary, kept per graph, would add up t
 large-vocabulary model). Prefill, and any forward with more tokens per sequence than the largest Q, runs eagerly.
 
 `GraphedForward(capture=False)` runs the same padded buffers without capturing (no CUDA needed), which is how
-the padding is tested on the CPU (through the Triton kernel in the interpreter: the PyTorch reference plans
-its gathers from host-side lengths and never runs inside a graph).
+the padding is tested on the CPU, through the PyTorch reference (rows of no request come back zero there; it plans
+its gathers on the host, so it never runs inside a graph); the Triton kernel's handling of a padded batch is tested
+on its own (tests/test_kernels_triton.py).
 """
 
 from __future__ import annotations
@@ -52,13 +53,25 @@ class PackedBatch:
     max_query_len: int
 
 
+def require_cuda(device: torch.device) -> None:
+    """CUDA graphs run on CUDA only: refuse anything else, naming the device (before any model loads)."""
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs a CUDA device; this engine runs on {device}")
+
+
+def flat_layout(num_seqs: int, query_len: int, table_width: int) -> list[int]:
+    """Sizes of a bucket's input fields, in the order of its flat buffer: token ids, positions, slots, logit rows
+    (T each), query offsets (S + 1), sequence lengths (S), block tables (S x table width)."""
+    tokens = num_seqs * query_len
+    return [tokens, tokens, tokens, tokens, num_seqs + 1, num_seqs, num_seqs * table_width]
+
+
 class _Bucket:
     """One graph's flat input buffer on the device and the views the forward reads."""
 
     def __init__(self, num_seqs: int, query_len: int, table_width: int, device: torch.device):
         self.num_seqs, self.query_len, self.table_width = num_seqs, query_len, table_width
-        tokens = num_seqs * query_len
-        sizes = [tokens, tokens, tokens, tokens, num_seqs + 1, num_seqs, num_seqs * table_width]
+        sizes = flat_layout(num_seqs, query_len, table_width)
         self.flat = torch.zeros(sum(sizes), dtype=torch.long, device=device)  # one H2D copy refills it
         views = list(torch.split(self.flat, sizes))
         self.input_ids, self.positions, self.slots, self.logit_index, self.cu_query_lens, self.seq_lens = views[:6]
@@ -95,10 +108,8 @@ class GraphedForward:
             for query_len in range(self.max_query_len, 0, -1):
                 self._bucket((num_seqs, query_len))
 
-    def __call__(self, batch: PackedBatch) -> torch.Tensor:
-        """Logits [num_logits, vocab] of `batch` (which must fit a bucket)."""
-        key = self.bucket_for(len(batch.seq_lens), batch.max_query_len)
-        assert key is not None, f"no bucket for {len(batch.seq_lens)} sequences of up to {batch.max_query_len} tokens"
+    def __call__(self, batch: PackedBatch, key: tuple[int, int]) -> torch.Tensor:
+        """Logits [num_logits, vocab] of `batch` in bucket `key` (`bucket_for` its shape)."""
         bucket = self._bucket(key)
         bucket.flat.copy_(self.padded_inputs(batch, key), non_blocking=True)
         if bucket.graph is not None:
@@ -110,27 +121,24 @@ class GraphedForward:
 
     def padded_inputs(self, batch: PackedBatch, key: tuple[int, int]) -> torch.Tensor:
         """The bucket's flat input buffer for `batch`, padded as the module docstring says (host, pinned on CUDA).
-        Filled slice by slice: the block tables' padding alone is most of it with long contexts."""
+        Filled field by field: the block tables' padding alone is most of it with long contexts."""
         num_seqs, query_len = key
-        tokens, width = num_seqs * query_len, self.table_width
-        t, s = len(batch.input_ids), len(batch.seq_lens)
-        assert t <= tokens and s <= num_seqs and len(batch.logit_index) <= tokens
-        host = torch.zeros(4 * tokens + 2 * num_seqs + 1 + num_seqs * width, dtype=torch.long,
-                           pin_memory=self.device.type == "cuda")
-        flat = host.numpy()  # zeros are the padding, but for the two fields below
-        flat[:t] = batch.input_ids
-        flat[tokens : tokens + t] = batch.positions
-        flat[2 * tokens : 2 * tokens + t] = batch.slots
-        flat[2 * tokens + t : 3 * tokens] = self.scratch_slot  # padding tokens write the scratch block
-        flat[3 * tokens : 3 * tokens + len(batch.logit_index)] = batch.logit_index
-        cu_query_lens = 4 * tokens
-        flat[cu_query_lens : cu_query_lens + s + 1] = batch.cu_query_lens
-        flat[cu_query_lens + s + 1 : cu_query_lens + num_seqs + 1] = t  # padded sequences hold no token
-        seq_lens = cu_query_lens + num_seqs + 1
-        flat[seq_lens : seq_lens + s] = batch.seq_lens
-        tables = seq_lens + num_seqs
-        for i, table in enumerate(batch.block_tables):
-            flat[tables + i * width : tables + i * width + len(table)] = table
+        t, s, num_logits = len(batch.input_ids), len(batch.seq_lens), len(batch.logit_index)
+        assert t <= num_seqs * query_len and s <= num_seqs and num_logits <= num_seqs * query_len
+        sizes = flat_layout(num_seqs, query_len, self.table_width)
+        host = torch.zeros(sum(sizes), dtype=torch.long, pin_memory=self.device.type == "cuda")
+        # zeros are the padding, but for the slots and the query offsets
+        input_ids, positions, slots, logit_index, cu_query_lens, seq_lens, tables = (
+            view.numpy() for view in torch.split(host, sizes))
+        input_ids[:t], positions[:t], slots[:t] = batch.input_ids, batch.positions, batch.slots
+        slots[t:] = self.scratch_slot  # padding tokens write the scratch block
+        logit_index[:num_logits] = batch.logit_index
+        cu_query_lens[: s + 1] = batch.cu_query_lens
+        cu_query_lens[s + 1 :] = t  # padded sequences hold no token
+        seq_lens[:s] = batch.seq_lens
+        tables = tables.reshape(num_seqs, self.table_width)
+        for row, table in zip(tables, batch.block_tables):
+            row[: len(table)] = table
         return host
 
     def _bucket(self, key: tuple[int, int]) -> _Bucket:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from adaspec.engine import latency_probe
+from adaspec.engine.cuda_graphs import require_cuda
 from adaspec.engine.drafter import Drafter
 from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
 from adaspec.engine.model_loader import (
@@ -69,8 +70,8 @@ class DraftEngine:
         measured here. Either way it is refined from every step and published with the replica's load.
         `cuda_graphs`: forwards of up to `max_graphed_seqs` sessions replay CUDA graphs (CUDA only)."""
         self.device = torch.device(device) if device is not None else default_device()
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs a CUDA device; this engine runs on {self.device}")
+        if cuda_graphs:
+            require_cuda(self.device)
         self.model = load_model(draft or BUNDLED_DRAFT, self.device, dtype or default_dtype(self.device))
         self.max_spec_len = max_spec_len
         self.max_model_len = min(self.model.max_model_len, max_model_len or self.model.max_model_len)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from adaspec import kernels
 from adaspec.engine import latency_probe
+from adaspec.engine.cuda_graphs import require_cuda
 from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
 from adaspec.engine.greedy_verify import greedy_verify
@@ -89,8 +90,8 @@ class Engine:
         if target is None:
             target, draft = BUNDLED_TARGET, draft or BUNDLED_DRAFT
         self.device = torch.device(device) if device is not None else default_device()
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs a CUDA device; this engine runs on {self.device}")
+        if cuda_graphs:
+            require_cuda(self.device)
         dtype = dtype or default_dtype(self.device)
         if not 0 <= max_spec_len <= kernels.rejection_sampler_ref.MAX_SPEC_LEN:
             raise ValueError(f"max_spec_len must be in [0, {kernels.rejection_sampler_ref.MAX_SPEC_LEN}]")

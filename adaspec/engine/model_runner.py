@@ -63,9 +63,9 @@ class ModelRunner:
             seq_lens.append(end)
             tables.append(table)
         max_query_len = max(len(item.token_ids) for item in items)
-        if self.graphed is not None and self.graphed.bucket_for(len(items), max_query_len) is not None:
+        if self.graphed is not None and (key := self.graphed.bucket_for(len(items), max_query_len)) is not None:
             return self.graphed(PackedBatch(input_ids, positions, slots, logit_index, cu_query_lens, seq_lens, tables,
-                                            max_query_len)).float()
+                                            max_query_len), key).float()
         width = max(len(t) for t in tables)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)
         context = ForwardContext(
