@@ -366,12 +366,14 @@ def test_async_stream_cancellation(server):
                     break
             assert await asyncio.to_thread(server.cancelled["acancel-1"].wait, 5)
 
+            streaming = asyncio.Event()
+
             async def consume():
                 async for _ in c.stream("endless", request_id="acancel-2"):
-                    pass
+                    streaming.set()
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(streaming.wait(), 10)  # running at the server: a cancel before would never reach it
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
