@@ -133,3 +133,33 @@ def test_a_replicas_group_is_planned_once_per_step_however_slowly_its_replies_ar
         return planned
 
     assert asyncio.run(scenario()) == [32, 32, 32]
+
+
+@pytest.mark.parametrize("policy", ["fixed:8", "adaspec-paper"])
+def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monkeypatch, policy):
+    """What drafting costs beyond its forwards is learnt from drafting steps' observed times less the latency model's
+    forwards. A stop rule often ends drafting well short of the budget: timed against the forwards of the full budget
+    (eight draft forwards and nine tokens to verify), a step that drafted two tokens looked cheaper than its real
+    forwards, the learnt cost stayed 0, and `adaspec` went on drafting where drafting did not pay."""
+    clock = [1000.0]
+    monkeypatch.setattr(coordinator_speculation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    async def scenario() -> tuple[int, float]:
+        _, view = await view_of(verify_load("verify-0", sessions=1, step_batch=1.0),
+                                ReplicaLoad("draft-0", "draft", "draft", "d:1", step_batch=1.0,
+                                            latency_coef=list(DRAFT.coef)))
+        steps = Steps(view, 8)
+        run = RequestSpeculation(steps, steps.policy(policy), RequestState(300, 0, 400, True), max_tokens=400)
+        run.on_verify("verify-0")
+        run.draft_id = "draft-0"
+        run.committed([17], 0, [])  # the first token
+        budgets = []
+        for _ in range(3):  # the first drafting step also prefills the draft session: not a sample
+            budgets.append(run.budget(room=8).max_tokens)
+            clock[0] += (run.forwards.ms(2) + 5.0) / 1e3  # two drafts made, then 5 ms more than their forwards
+            run.committed([18, 19], 1, [0.9, 0.3])
+        return min(budgets), steps.draft_overhead_ms("draft-0", clock[0])
+
+    smallest_budget, learnt_ms = asyncio.run(scenario())
+    assert smallest_budget > 2, smallest_budget  # the drafter stopped short of every budget
+    assert learnt_ms == pytest.approx(5.0)

@@ -161,7 +161,7 @@ class RequestRun:
             while not reply.finish_reason:
                 drafts = await self.drafts()
                 reply, tested = await self.verify_step(drafts)
-                self.speculation.committed(list(reply.token_ids), reply.num_accepted, tested)
+                self.speculation.committed(list(reply.token_ids), reply.num_accepted, tested, self.asked_draft)
                 message = self.stream(reply)
                 if not reply.finish_reason:
                     await self.propose(reply)  # before the client write: the draft works meanwhile
@@ -306,8 +306,8 @@ class RequestRun:
                 "adaspec.step.drafts": len(drafts.token_ids), "adaspec.step.accepted": reply.num_accepted,
                 "adaspec.step.tokens": len(reply.token_ids), "adaspec.step.stop": self._why_drafting_stopped(k, drafts),
                 "adaspec.step.verify_ms": reply.step_ms, "adaspec.step.verify_queue_ms": reply.queue_ms,
-                **({"adaspec.step.predicted_ms": self.speculation.forward_ms}
-                   if self.speculation.forward_ms is not None else {})})
+                **({"adaspec.step.predicted_ms": self.speculation.forwards.ms(len(drafts.token_ids))}
+                   if self.speculation.forwards is not None else {})})
         span.end()
         self.draft_failed = False
         c = self.counters

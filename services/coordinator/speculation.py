@@ -69,12 +69,33 @@ class RecentMedian:
         return statistics.median(self.samples) * 0.5 ** ((now - self.at) / STALE_HALF_LIFE_S) if self.samples else 0.0
 
 
+@dataclass(frozen=True)
+class PlannedForwards:
+    """The forwards of the step a request's budget was planned for, as the latency model sees them (overheads
+    excluded), timed once the step has run: the drafter may stop a request's drafting before its budget (stop
+    rules), and a drafting step timed against the forwards of its full budget would look cheaper than it was."""
+
+    ctx: StepContext  # the step, overheads zeroed
+    ks: tuple[int, ...]  # the planned requests' budgets
+    index: int  # this request's place among them
+
+    def ms(self, drafted: int) -> float:
+        """The step's forward time with this request's `drafted` drafts and the others' budgets."""
+        ks = list(self.ks)
+        ks[self.index] = drafted
+        return step_time_ms(self.ctx, ks)
+
+
 @dataclass
 class JointPlan:
     at: float
     budgets: dict[RequestSpeculation, DraftBudget]
-    forward_ms: float  # the planned step's forwards, overheads excluded
+    ctx: StepContext  # the planned step, overheads zeroed
     given: set[RequestSpeculation] = field(default_factory=set)  # the requests that took their budget from it
+
+    def forwards(self, asking: RequestSpeculation) -> PlannedForwards:
+        return PlannedForwards(self.ctx, tuple(b.max_tokens for b in self.budgets.values()),
+                               list(self.budgets).index(asking))
 
 
 class Steps:
@@ -103,9 +124,9 @@ class Steps:
                 if r not in planned]
         return min((c for c in caps if math.isfinite(c)), default=math.inf)
 
-    def joint_budget(self, asking: RequestSpeculation) -> tuple[DraftBudget, float]:
+    def joint_budget(self, asking: RequestSpeculation) -> tuple[DraftBudget, PlannedForwards | None]:
         """`asking`'s budget from its policy's plan of every request of this coordinator on its replica that uses
-        the policy (module docstring), and the planned step's forward time."""
+        the policy (module docstring), and the planned step's forwards (None without a latency model)."""
         key = (asking.verify_id, asking.policy)
         now = time.perf_counter()
         plan = self._plans.get(key)
@@ -116,12 +137,9 @@ class Steps:
                 r.update(now)
             ctx = asking.context(group)
             if ctx is None:
-                return NO_DRAFTS, 0.0
+                return NO_DRAFTS, None
             budgets = asking.policy.budgets([r.state for r in group], ctx)
-            without_overheads = dataclasses.replace(ctx, load=dataclasses.replace(
-                ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0))
-            plan = JointPlan(now, dict(zip(group, budgets)),
-                             step_time_ms(without_overheads, [b.max_tokens for b in budgets]))
+            plan = JointPlan(now, dict(zip(group, budgets)), without_overheads(ctx))
             self._plans[key] = plan
             for r, budget in plan.budgets.items():
                 r.expect(budget.max_tokens)
@@ -129,13 +147,14 @@ class Steps:
                 log.debug("plan", extra={"replica": asking.verify_id, "policy": str(asking.policy),
                                          "ks": [b.max_tokens for b in budgets],
                                          "thresholds": [round(b.min_accept_prob, 3) for b in budgets],
-                                         "forward_ms": round(plan.forward_ms, 2), "batch": ctx.load.batch,
+                                         "forward_ms": round(step_time_ms(plan.ctx, [b.max_tokens for b in budgets]), 2),
+                                         "batch": ctx.load.batch,
                                          "overhead_ms": round(ctx.load.overhead_ms, 2),
                                          "draft_overhead_ms": round(ctx.load.draft_overhead_ms, 2),
                                          "rates": [round(r.state.acceptance.rate(
                                              ctx.calibrator.mean_acceptance(r.state.greedy)), 2) for r in group]})
         plan.given.add(asking)
-        return plan.budgets[asking], plan.forward_ms
+        return plan.budgets[asking], plan.forwards(asking)
 
     def observe_overhead(self, replica_id: str, sample_ms: float) -> None:
         old = self.overhead_ms.get(replica_id)
@@ -164,14 +183,14 @@ class RequestSpeculation:
         self.expected = 1.0  # the tokens the request expects per step at its current k
         self.curve_sent: tuple[float, ...] | None = None
         self.asked_at: float | None = None  # when the current step's budget was given
-        self.forward_ms: float | None = None  # the model's forward time for the current step (None: no model)
+        self.forwards: PlannedForwards | None = None  # the current step's forwards (None: no latency model)
         self.drafting_steps = 0  # the first also prefills the draft session: it is not a fair sample
 
     def on_verify(self, replica_id: str | None) -> None:
         """The request now runs on this verify replica (None: on none)."""
         if self.verify_id is not None:
             self.steps.on_replica[self.verify_id].discard(self)
-        self.verify_id, self.forward_ms = replica_id, None  # a step that moved replicas times nothing
+        self.verify_id, self.forwards = replica_id, None  # a step that moved replicas times nothing
         if replica_id is not None:
             self.steps.on_replica[replica_id].add(self)
 
@@ -202,12 +221,11 @@ class RequestSpeculation:
         self.update(now)
         self.asked_at = now
         if self.policy.needs_profile and self.verify_id is not None:
-            budget, self.forward_ms = self.steps.joint_budget(self)
+            budget, self.forwards = self.steps.joint_budget(self)
         else:  # a rule of its own per request: itself alone, the replica's step its load
             ctx = self.context([self])
             budget = self.policy.budgets([self.state], ctx or self._no_load())[0]
-            self.forward_ms = None if ctx is None else step_time_ms(dataclasses.replace(ctx, load=dataclasses.replace(
-                ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0)), [budget.max_tokens])
+            self.forwards = None if ctx is None else PlannedForwards(without_overheads(ctx), (budget.max_tokens,), 0)
             self.expect(budget.max_tokens)
         return budget.capped(min(room, self.steps.max_spec_len))
 
@@ -226,13 +244,17 @@ class RequestSpeculation:
         self.curve_sent = budget.curve.knots
         return budget.curve.knots
 
-    def committed(self, token_ids: list[int], num_accepted: int, confidences: list[float]) -> None:
-        """A verification's outcome: `confidences` of the drafts it tested (none at k = 0)."""
+    def committed(self, token_ids: list[int], num_accepted: int, confidences: list[float],
+                  asked_draft: bool | None = None) -> None:
+        """A verification's outcome: `confidences` of the drafts it tested (none at k = 0); `asked_draft`: whether
+        the step asked the draft replica (default: whether it tested drafts)."""
         now = time.perf_counter()
+        asked_draft = bool(confidences) if asked_draft is None else asked_draft
         if self.first_token is None:
             self.first_token = now
-        elif self.forward_ms is not None and self.verify_id is not None:
-            beyond = (now - self.asked_at) * 1e3 - self.forward_ms
+        elif self.forwards is not None and self.verify_id is not None and asked_draft == bool(confidences):
+            # (a step that asked for drafts and kept none is neither a plain step nor a timed drafting step)
+            beyond = (now - self.asked_at) * 1e3 - self.forwards.ms(len(confidences))
             if not confidences:  # a step without drafts: the replica's overhead
                 self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
             else:
@@ -264,3 +286,8 @@ class RequestSpeculation:
 
     def close(self) -> None:
         self.on_verify(None)
+
+
+def without_overheads(ctx: StepContext) -> StepContext:
+    """The step with no time outside its forwards: what the latency model alone predicts for it."""
+    return dataclasses.replace(ctx, load=dataclasses.replace(ctx.load, overhead_ms=0.0, draft_overhead_ms=0.0))
