@@ -158,7 +158,7 @@ def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monk
             budgets.append(run.budget(room=8).max_tokens)
             clock[0] += (run.forwards.ms(2) + 5.0) / 1e3  # two drafts made, then 5 ms more than their forwards
             run.committed([18, 19], 1, [0.9, 0.3])
-        return min(budgets), steps.draft_overhead_ms("draft-0", clock[0])
+        return min(budgets), steps.draft_overhead_ms("draft-0", run.policy, clock[0])
 
     smallest_budget, learnt_ms = asyncio.run(scenario())
     assert smallest_budget > 2, smallest_budget  # the drafter stopped short of every budget

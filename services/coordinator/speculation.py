@@ -10,9 +10,11 @@ gets the step as the pure core sees it:
     without drafts minus the model's prediction, averaged over this coordinator's requests there), and what
     a step that drafts costs on top of that besides its forwards, measured end to end on drafting steps: the
     draft replica's round trip, and the verify message that cannot leave before the drafts arrive (a step
-    without drafts goes ahead of the previous reply). A recent median over this coordinator's requests; only
-    measured while requests draft, so left alone it decays (half-life `STALE_HALF_LIFE_S`) and drafting is
-    tried again.
+    without drafts goes ahead of the previous reply). A recent median over this coordinator's requests of the
+    policy (each learns from its own steps: a sample is also the latency model's error on the drafts' shape, which
+    is the policy's; and a benchmark interleaving policies on one coordinator would otherwise let one decide
+    another's drafting); only measured while requests draft, so left alone it decays (half-life
+    `STALE_HALF_LIFE_S`) and drafting is tried again.
 A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
 request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
 draft together share the draft forwards, which no request planning alone could count on. That joint plan
@@ -106,8 +108,8 @@ class Steps:
         self.policies: dict[str, Policy] = {}
         self.on_replica: dict[str, set[RequestSpeculation]] = defaultdict(set)
         self.overhead_ms: dict[str, float] = {}  # per verify replica: a step's time outside its forwards
-        self.draft_overhead: dict[str, RecentMedian] = defaultdict(RecentMedian)  # per draft replica: what a
-        # drafting step costs beyond its forwards and a plain step's overhead
+        # per draft replica and policy: what a drafting step costs beyond its forwards and a plain step's overhead
+        self.draft_overhead: dict[tuple[str, Policy], RecentMedian] = defaultdict(RecentMedian)
         self._plans: dict[tuple[str, Policy], JointPlan] = {}
 
     def policy(self, spec: str) -> Policy:
@@ -160,8 +162,8 @@ class Steps:
         old = self.overhead_ms.get(replica_id)
         self.overhead_ms[replica_id] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
 
-    def draft_overhead_ms(self, replica_id: str | None, now: float) -> float:
-        return self.draft_overhead[replica_id].now(now) if replica_id else 0.0
+    def draft_overhead_ms(self, replica_id: str | None, policy: Policy, now: float) -> float:
+        return self.draft_overhead[replica_id, policy].now(now) if replica_id else 0.0
 
 
 @dataclass
@@ -211,7 +213,7 @@ class RequestSpeculation:
             context=verify.mean_context or float(self.state.context_tokens),
             draft_batch=max(0, round(draft.step_batch) - len(planned)) if draft is not None else 0,
             overhead_ms=self.steps.overhead_ms.get(self.verify_id, 0.0),
-            draft_overhead_ms=self.steps.draft_overhead_ms(self.draft_id, time.perf_counter()),
+            draft_overhead_ms=self.steps.draft_overhead_ms(self.draft_id, self.policy, time.perf_counter()),
             step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned))
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
@@ -261,7 +263,7 @@ class RequestSpeculation:
                 self.drafting_steps += 1
                 if self.drafting_steps > 1 and self.draft_id is not None:  # what drafting at all added
                     extra = beyond - self.steps.overhead_ms.get(self.verify_id, 0.0)
-                    self.steps.draft_overhead[self.draft_id].add(max(0.0, extra), now)
+                    self.steps.draft_overhead[self.draft_id, self.policy].add(max(0.0, extra), now)
         if confidences:
             calibrated = self.steps.view.calibrator.curve(self.state.greedy)
             self.state.acceptance.observe(confidences, num_accepted, calibrated)
