@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adaspec import Engine
+from adaspec.engine.cuda_graphs import PackedBatch
 from adaspec.engine.kv_cache import PagedKVCache
 from adaspec.engine.model_loader import load_model
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
@@ -79,8 +80,6 @@ def test_padded_inputs_layout(random_pairs):
     graphed = padded.graphed
     assert graphed.bucket_for(3, 2) == (4, 2) and graphed.bucket_for(1, 1) == (1, 1)
     assert graphed.bucket_for(8, 1) == (8, 1) and graphed.bucket_for(9, 1) is None and graphed.bucket_for(2, MAX_QUERY_LEN + 1) is None  # eager
-    from adaspec.engine.cuda_graphs import PackedBatch
-
     batch = PackedBatch(input_ids=[5, 6, 7], positions=[9, 3, 4], slots=[9, 19, 20], logit_index=[0, 2],
                         cu_query_lens=[0, 1, 3], seq_lens=[10, 5], block_tables=[[0, 1, 2], [4, 5]], max_query_len=2)
     flat = graphed.padded_inputs(batch, (2, 2)).tolist()

@@ -15,7 +15,7 @@ from adaspec.speculation.acceptance import (
     expected_calibration_error,
 )
 from adaspec.speculation.draft_budget import DraftBudget, DraftStop
-from adaspec.speculation.efficiency import expected_tokens, geometric_curve, plan, step_time_ms
+from adaspec.speculation.efficiency import StepShape, expected_tokens, geometric_curve, plan, step_time_ms
 from adaspec.speculation.latency_profile import (
     LatencyModel,
     LatencyProfile,
@@ -322,3 +322,13 @@ def test_routing_takes_the_replica_that_meets_the_slo_with_the_most_slack():
     assert rank(twins)[0].replica_id == "b"  # equal slack within the tie margin: the less loaded
     no_slo = [predict(replica(n, sp, s), 100, True, DRAFT, cal, 8) for n, sp, s in (("x", 1.0, 0), ("y", 3.0, 0))]
     assert rank(no_slo)[0].replica_id == "y" and math.isinf(no_slo[0].slack)
+
+
+def test_a_step_shape_with_one_requests_drafts_changed_is_the_shape_of_the_changed_budgets():
+    """`StepShape.with_k` (what the SLO caps and the coordinator's step timing use, linear in the depth) against the
+    shape built from the changed budgets over the whole batch, raised and lowered, to 0 and past the deepest."""
+    rng = random.Random(3)
+    for _ in range(500):
+        ks = [rng.randint(0, 8) for _ in range(rng.randint(1, 6))]
+        i, new = rng.randrange(len(ks)), rng.randint(0, 8)
+        assert StepShape.of(ks).with_k(ks[i], new) == StepShape.of(ks[:i] + [new] + ks[i + 1:]), (ks, i, new)

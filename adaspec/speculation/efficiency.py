@@ -55,12 +55,33 @@ def slo_weight(pace: float) -> float:
 
 def step_time_ms(ctx: StepContext, ks: Sequence[int]) -> float:
     """T for drafts `ks` of the planned requests (module docstring)."""
-    return _step_time_ms(ctx, sum(ks) + len(ks), _drafting_rows(ks, max(ks, default=0)))
+    return StepShape.of(ks).ms(ctx)
 
 
-def _drafting_rows(ks: Sequence[int], depths: int) -> list[int]:
-    """How many of the planned requests draft a j-th token, for j = 1..`depths`."""
-    return [sum(k >= depth for k in ks) for depth in range(1, depths + 1)]
+@dataclass(frozen=True)
+class StepShape:
+    """A step of the planned requests as T sees it: their query tokens and, per depth j = 1, 2, ..., how many of
+    them draft a j-th token. The step with one request's drafts changed is derived from it in time linear in the
+    depth, not in the batch (the coordinator's event loop times every request of a replica's batch each step)."""
+
+    query_tokens: int
+    drafting_rows: tuple[int, ...]  # no trailing 0: as deep as the deepest request drafts
+
+    @classmethod
+    def of(cls, ks: Sequence[int]) -> StepShape:
+        return cls(sum(ks) + len(ks), tuple(sum(k >= depth for k in ks) for depth in range(1, max(ks, default=0) + 1)))
+
+    def with_k(self, old: int, new: int) -> StepShape:
+        """The step with one request's `old` drafts made `new`."""
+        rows = [(self.drafting_rows[depth - 1] if depth <= len(self.drafting_rows) else 0)
+                - (new < depth <= old) + (old < depth <= new)
+                for depth in range(1, max(len(self.drafting_rows), new) + 1)]
+        while rows and not rows[-1]:
+            rows.pop()
+        return StepShape(self.query_tokens + new - old, tuple(rows))
+
+    def ms(self, ctx: StepContext) -> float:
+        return _step_time_ms(ctx, self.query_tokens, self.drafting_rows)
 
 
 def _step_time_ms(ctx: StepContext, query_tokens: int, drafting_rows: Sequence[int]) -> float:
@@ -163,16 +184,14 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
     tightest of all, and a step with one request's drafts raised is timed from the plan's drafting rows."""
     tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
                                    if step / expected[m] <= allowed_ms[m]))
-    query_tokens, deepest = sum(ks) + len(ks), max(ks, default=0)
-    rows = _drafting_rows(ks, max(caps, default=0))
+    shape = StepShape.of(ks)
     limits = []
     for i, cap in enumerate(caps):
         limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
         k = ks[i] if not math.isinf(limit) else cap
         while k < cap:
             k += 1
-            raised = [r + (ks[i] < depth <= k) for depth, r in enumerate(rows[:max(deepest, k)], 1)]
-            if _step_time_ms(ctx, query_tokens + k - ks[i], raised) > limit:
+            if shape.with_k(ks[i], k).ms(ctx) > limit:
                 k -= 1
                 break
         limits.append(k)

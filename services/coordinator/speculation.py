@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from adaspec.services.coordinator.load_view import LoadView, latency_model
 
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
-from adaspec.speculation.efficiency import expected_tokens, geometric_curve, step_time_ms
+from adaspec.speculation.efficiency import StepShape, expected_tokens, geometric_curve
 from adaspec.speculation.latency_profile import LatencyModel
 from adaspec.speculation.policies import Policy, make_policy
 from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
@@ -78,14 +78,12 @@ class PlannedForwards:
     rules), and a drafting step timed against the forwards of its full budget would look cheaper than it was."""
 
     ctx: StepContext  # the step, overheads zeroed
-    ks: tuple[int, ...]  # the planned requests' budgets
-    index: int  # this request's place among them
+    shape: StepShape  # the planned requests' budgets
+    budget: int  # this request's
 
     def ms(self, drafted: int) -> float:
         """The step's forward time with this request's `drafted` drafts and the others' budgets."""
-        ks = list(self.ks)
-        ks[self.index] = drafted
-        return step_time_ms(self.ctx, ks)
+        return self.shape.with_k(self.budget, drafted).ms(self.ctx)
 
 
 @dataclass
@@ -94,10 +92,13 @@ class JointPlan:
     budgets: dict[RequestSpeculation, DraftBudget]
     ctx: StepContext  # the planned step, overheads zeroed
     given: set[RequestSpeculation] = field(default_factory=set)  # the requests that took their budget from it
+    shape: StepShape = field(init=False)  # of the budgets
+
+    def __post_init__(self):
+        self.shape = StepShape.of([b.max_tokens for b in self.budgets.values()])
 
     def forwards(self, asking: RequestSpeculation) -> PlannedForwards:
-        return PlannedForwards(self.ctx, tuple(b.max_tokens for b in self.budgets.values()),
-                               list(self.budgets).index(asking))
+        return PlannedForwards(self.ctx, self.shape, self.budgets[asking].max_tokens)
 
 
 class Steps:
@@ -149,7 +150,7 @@ class Steps:
                 log.debug("plan", extra={"replica": asking.verify_id, "policy": str(asking.policy),
                                          "ks": [b.max_tokens for b in budgets],
                                          "thresholds": [round(b.min_accept_prob, 3) for b in budgets],
-                                         "forward_ms": round(step_time_ms(plan.ctx, [b.max_tokens for b in budgets]), 2),
+                                         "forward_ms": round(plan.shape.ms(plan.ctx), 2),
                                          "batch": ctx.load.batch,
                                          "overhead_ms": round(ctx.load.overhead_ms, 2),
                                          "draft_overhead_ms": round(ctx.load.draft_overhead_ms, 2),
@@ -227,7 +228,8 @@ class RequestSpeculation:
         else:  # a rule of its own per request: itself alone, the replica's step its load
             ctx = self.context([self])
             budget = self.policy.budgets([self.state], ctx or self._no_load())[0]
-            self.forwards = None if ctx is None else PlannedForwards(without_overheads(ctx), (budget.max_tokens,), 0)
+            self.forwards = None if ctx is None else PlannedForwards(without_overheads(ctx), StepShape.of(
+                [budget.max_tokens]), budget.max_tokens)
             self.expect(budget.max_tokens)
         return budget.capped(min(room, self.steps.max_spec_len))
 
