@@ -107,8 +107,7 @@ def test_a_replicas_group_is_planned_once_per_step_however_slowly_its_replies_ar
     (the whole batch, its cost growing with the batch) must still be made once per step, not once per reply:
     planning per reply made the loop's work per step grow with the square of the batch, until a loop that busy
     accepted new calls too slowly and gRPC cancelled them unseen after 30 s (CANCELLED under 2x overload)."""
-    clock = [1000.0]
-    monkeypatch.setattr(coordinator_speculation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = frozen_clock(monkeypatch)
 
     async def scenario() -> list[int]:
         _, view = await view_of(verify_load("verify-0", sessions=32),
@@ -135,20 +134,30 @@ def test_a_replicas_group_is_planned_once_per_step_however_slowly_its_replies_ar
     assert asyncio.run(scenario()) == [32, 32, 32]
 
 
+def frozen_clock(monkeypatch) -> list[float]:
+    """The coordinator's clock, moved by the test: [seconds]."""
+    clock = [1000.0]
+    monkeypatch.setattr(coordinator_speculation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
+async def one_verify_and_one_draft_replica() -> Steps:
+    _, view = await view_of(verify_load("verify-0", sessions=1, step_batch=1.0),
+                            ReplicaLoad("draft-0", "draft", "draft", "d:1", step_batch=1.0,
+                                        latency_coef=list(DRAFT.coef)))
+    return Steps(view, 8)
+
+
 @pytest.mark.parametrize("policy", ["fixed:8", "adaspec-paper"])
 def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monkeypatch, policy):
     """What drafting costs beyond its forwards is learnt from drafting steps' observed times less the latency model's
     forwards. A stop rule often ends drafting well short of the budget: timed against the forwards of the full budget
     (eight draft forwards and nine tokens to verify), a step that drafted two tokens looked cheaper than its real
     forwards, the learnt cost stayed 0, and `adaspec` went on drafting where drafting did not pay."""
-    clock = [1000.0]
-    monkeypatch.setattr(coordinator_speculation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = frozen_clock(monkeypatch)
 
     async def scenario() -> tuple[int, float]:
-        _, view = await view_of(verify_load("verify-0", sessions=1, step_batch=1.0),
-                                ReplicaLoad("draft-0", "draft", "draft", "d:1", step_batch=1.0,
-                                            latency_coef=list(DRAFT.coef)))
-        steps = Steps(view, 8)
+        steps = await one_verify_and_one_draft_replica()
         run = RequestSpeculation(steps, steps.policy(policy), RequestState(300, 0, 400, True), max_tokens=400)
         run.on_verify("verify-0")
         run.draft_id = "draft-0"
@@ -163,3 +172,24 @@ def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monk
     smallest_budget, learnt_ms = asyncio.run(scenario())
     assert smallest_budget > 2, smallest_budget  # the drafter stopped short of every budget
     assert learnt_ms == pytest.approx(5.0)
+
+
+def test_each_policy_learns_a_plain_steps_overhead_from_its_own_steps(monkeypatch):
+    """A plain step's time beyond its forwards is what it waited for besides them, which depends on the steps it
+    shares: in a benchmark that interleaves policies on one coordinator, another policy's steps (at saturation, all
+    queueing) must not set the overhead that this one's drafting cost is measured against."""
+    clock = frozen_clock(monkeypatch)
+
+    async def scenario() -> dict[str, float]:
+        steps = await one_verify_and_one_draft_replica()
+        for policy, beyond_ms in (("adaspec", 2.0), ("goodput", 9.0)):
+            run = RequestSpeculation(steps, steps.policy(policy), RequestState(300, 0, 400, True), max_tokens=400)
+            run.on_verify("verify-0")
+            run.committed([17], 0, [])
+            for _ in range(4):
+                assert run.budget(room=0).max_tokens == 0  # a plain step
+                clock[0] += (run.forwards.ms(0) + beyond_ms) / 1e3
+                run.committed([18], 0, [])
+        return {name: steps.overhead_ms("verify-0", steps.policy(name)) for name in ("adaspec", "goodput")}
+
+    assert asyncio.run(scenario()) == pytest.approx({"adaspec": 2.0, "goodput": 9.0})

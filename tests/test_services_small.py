@@ -19,8 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec import AsyncClient, Client, SamplingParams
-from adaspec.errors import ResourceExhausted, Unavailable
+from adaspec.errors import InvalidArgument, ResourceExhausted, Unavailable, from_rpc_error
+from adaspec.service_runtime.convert import params_to_proto
+from adaspec.service_runtime.transport_security import channel
 from adaspec.stack import Stack, StackConfig
+from adaspec.v1 import verify_pb2, verify_pb2_grpc
 from tests.conftest import HELD_OUT_SNIPPETS
 from tests.test_services import replica_load
 
@@ -100,6 +103,21 @@ def test_a_prompt_of_invalid_utf8_gets_invalid_argument(small_stack):
 
     error = asyncio.run(send())
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and "bad UTF-8" in error.details()
+
+
+def test_a_verify_open_with_a_negative_slo_gets_invalid_argument_naming_the_field(small_stack):
+    async def open_session():
+        async with channel(small_stack.processes["verify-0"].address, small_stack.tls) as replica:
+            session = verify_pb2_grpc.VerifyStub(replica).Session(timeout=10)
+            await session.write(verify_pb2.VerifyRequest(open=verify_pb2.VerifyOpen(
+                prompt="def f():", params=params_to_proto(SamplingParams(max_tokens=4)), tpot_ms=-1.0)))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await session.read()
+            return refused.value
+
+    error = from_rpc_error(asyncio.run(open_session()))
+    assert type(error) is InvalidArgument and "tpot_ms must be >= 0" in error.message
+    assert [field for field, _ in error.field_violations] == ["tpot_ms"]
 
 
 def test_full_capacity_gets_resource_exhausted(small_stack):

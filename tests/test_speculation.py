@@ -332,3 +332,23 @@ def test_a_step_shape_with_one_requests_drafts_changed_is_the_shape_of_the_chang
         ks = [rng.randint(0, 8) for _ in range(rng.randint(1, 6))]
         i, new = rng.randrange(len(ks)), rng.randint(0, 8)
         assert StepShape.of(ks).with_k(ks[i], new) == StepShape.of(ks[:i] + [new] + ks[i + 1:]), (ks, i, new)
+
+
+def test_where_requests_that_draft_nothing_step_apart_a_step_drafts_for_all_of_them_or_none():
+    """In the services a request at k = 0 goes ahead of those drafting, in a verify forward of its own: a step where
+    some draft costs one more forward than one where all or none do. The plan counts it, and keeps them in step."""
+    def plan(rates, **load):
+        return AdaSpec().plan([with_acceptance(r) for r in rates], context(len(rates), **load)).ks
+
+    assert plan([0.98, 0.02]) == [7, 0] and plan([0.98, 0.02], split_phases=True) == [7, 1]
+    assert plan([0.9, 0.3, 0.02]) == [1, 1, 0] and plan([0.9, 0.3, 0.02], split_phases=True) == [0, 0, 0]
+
+
+def test_a_step_where_some_but_not_all_draft_is_timed_with_the_split_forward():
+    """The coordinator times each step against its planned forwards to learn what drafting costs beyond them: the
+    split's forward belongs to the forwards, or the learnt cost of drafting would count it a second time."""
+    split, engine = context(2, split_phases=True), context(2)
+    assert StepShape.of([2, 0]).ms(split) - StepShape.of([2, 0]).ms(engine) == pytest.approx(VERIFY.coef[0])
+    assert StepShape.of([2, 0]).with_k(2, 0).ms(split) == StepShape.of([0, 0]).ms(engine)
+    for ks in ([2, 2], [0, 0], [3]):
+        assert StepShape.of(ks).ms(context(len(ks), split_phases=True)) == StepShape.of(ks).ms(context(len(ks)))

@@ -26,11 +26,12 @@ def greedy_drafts(tokens: list[int]) -> common_pb2.DraftTokens:
     return common_pb2.DraftTokens(token_ids=tokens, sparse_k=1, topk_ids=tokens, topk_probs=[1.0] * len(tokens))
 
 
-async def run_session(service: VerifyService, steps) -> list[verify_pb2.VerifyResponse]:
-    """Open a greedy session and send `steps(committed_so_far)` drafts after each reply, until it returns None."""
+async def run_session(service: VerifyService, steps, **slo: float) -> list[verify_pb2.VerifyResponse]:
+    """Open a greedy session (with `slo`: ttft_ms, tpot_ms) and send `steps(committed_so_far)` drafts after each
+    reply, until it returns None."""
     params = params_to_proto(SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
     outbox: asyncio.Queue = asyncio.Queue()
-    await outbox.put(verify_pb2.VerifyRequest(open=verify_pb2.VerifyOpen(prompt=PROMPT, params=params)))
+    await outbox.put(verify_pb2.VerifyRequest(open=verify_pb2.VerifyOpen(prompt=PROMPT, params=params, **slo)))
 
     async def requests():
         while (message := await outbox.get()) is not None:
@@ -154,15 +155,19 @@ def test_a_session_cancelled_while_its_open_waits_for_a_step_leaves_no_sequence_
     assert (sequences, free_blocks_change) == (0, 0)
 
 
-def test_a_text_prompt_is_tokenized_off_the_engine_step(bundled_engine):
+def test_a_text_prompt_is_tokenized_off_the_engine_step_and_the_slos_reach_the_engine(bundled_engine):
     """The engine (between two steps of every session) gets the prompt's token ids, the same as it would have
-    made of the text; the text is tokenized in a worker thread of the service."""
-    opened = []
+    made of the text; the text is tokenized in a worker thread of the service. The request's SLOs come with them
+    (they size the prompt chunks of the steps the session shares)."""
+    opened, slos = [], []
 
     class RecordingTarget(VerifyTarget):
-        def open(self, prompt, params, resume_output):
+        def open(self, prompt, params, resume_output, ttft_ms=None, tpot_ms=None):
             opened.append(prompt)
-            return super().open(prompt, params, resume_output)
+            seen = super().open(prompt, params, resume_output, ttft_ms, tpot_ms)
+            state = self.engine._sequences[seen.seq_id].request_state
+            slos.append((state.ttft_slo_s, state.tpot_slo_s))
+            return seen
 
     async def scenario():
         engine = VerifyEngine(seed=0)
@@ -170,10 +175,12 @@ def test_a_text_prompt_is_tokenized_off_the_engine_step(bundled_engine):
                                 "default", "in-process")
         service.loop.start()
         try:
-            return await run_session(service, lambda n: common_pb2.DraftTokens() if n < 4 else None)
+            return await run_session(service, lambda n: common_pb2.DraftTokens() if n < 4 else None,
+                                     ttft_ms=500.0, tpot_ms=40.0)
         finally:
             await service.loop.stop()
 
     replies = asyncio.run(scenario())
     assert opened == [bundled_engine.tokenizer(PROMPT)["input_ids"]]
+    assert slos == [(0.5, 0.04)]
     assert list(replies[0].prompt_token_ids) == opened[0]

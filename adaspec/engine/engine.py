@@ -51,6 +51,7 @@ from adaspec.sampling_params import SamplingParams
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.latency_profile import LatencyProfile
 from adaspec.speculation.policies import DEFAULT_POLICY, Policy
+from adaspec.speculation.prefill_budget import WaitingPrompt
 from adaspec.speculation.step_state import StepLoad
 
 VERIFY_STREAM = 2
@@ -204,7 +205,7 @@ class Engine:
         decoding = self.scheduler.decoding()
         budgets, ctx = self._plan(decoding)
         spent = sum(b.max_tokens + 1 for b in budgets)
-        prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
+        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent))
         drafts = self._propose(decoding, budgets)
         drafted = time.perf_counter()
         logits, verifying, verify_shape = self._score(decoding, drafts, prefills)
@@ -227,15 +228,34 @@ class Engine:
         blocks = self.target_runner.kv_cache.blocks
         prefilling = [s for s in self.scheduler.running if s.status is SequenceStatus.PREFILLING]
         prompt_tokens = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in prefilling)
-        prompt_tokens = min(prompt_tokens, max(0, self.scheduler.max_num_batched_tokens - len(decoding)))
-        contexts = [len(s.token_ids) for s in decoding]
-        now = time.perf_counter()
-        waiting_ttft = [(s.request_state.ttft_slo_s - (now - s.stats.arrival_time)) * 1e3
-                        for s in [*prefilling, *self.scheduler.waiting] if s.request_state.ttft_slo_s is not None]
+        if prompt_tokens:  # what the chunk budget will let in, before drafts take their share
+            prompt_tokens = min(prompt_tokens, max(0, self._prompt_budget(decoding, decoding, len(decoding))))
         return StepLoad(batch=len(decoding) + len(prefilling), other_tokens=prompt_tokens,
-                        context=sum(contexts) / len(contexts) if contexts else 0.0,
-                        overhead_ms=self.planner.overhead_ms,
-                        step_cap_ms=max(min(waiting_ttft, default=math.inf), 0.0))
+                        context=_mean_context(decoding), overhead_ms=self.planner.overhead_ms,
+                        step_cap_ms=max(min((p.ttft_left_ms for p in self._waiting_prompts()), default=math.inf), 0.0))
+
+    def _waiting_prompts(self) -> list[WaitingPrompt]:
+        """The prompts still to prefill, in the order prefill serves them, with their time left before TTFT."""
+        blocks, now = self.target_runner.kv_cache.blocks, time.perf_counter()
+        prompts = []
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            if seq.status not in (SequenceStatus.PREFILLING, SequenceStatus.WAITING):
+                continue
+            ttft_s = seq.request_state.ttft_slo_s
+            prompts.append(WaitingPrompt(
+                len(seq.token_ids) - (blocks.num_tokens(seq.seq_id) if seq.seq_id in blocks else 0),
+                math.inf if ttft_s is None else (ttft_s - (now - seq.stats.arrival_time)) * 1e3))
+        return prompts
+
+    def _prompt_budget(self, decoding: list[Sequence], rows: list[Sequence], query_tokens: int) -> int:
+        """The prompt tokens this step may carry: what `max_num_batched_tokens` leaves, and no more than keeps
+        the decoding requests' TPOT SLOs (`adaspec.speculation.prefill_budget`). `rows`: the decoding requests in
+        this step's forward, with `query_tokens` in all."""
+        room = self.scheduler.max_num_batched_tokens - query_tokens
+        if not self.scheduler.waiting and not any(s.status is SequenceStatus.PREFILLING for s in self.scheduler.running):
+            return room
+        return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)),
+                                          self._waiting_prompts(), room)
 
     def _budget(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         """Cap k_i so that drafts never run past max_tokens or the context window."""
@@ -454,6 +474,10 @@ class Engine:
         """Free and total blocks of each cache (what a health endpoint or a test reads)."""
         names = ("target", "draft")
         return {name: (b.num_free_blocks, b.num_blocks) for name, b in zip(names, self._block_managers())}
+
+
+def _mean_context(seqs: list[Sequence]) -> float:
+    return sum(len(s.token_ids) for s in seqs) / len(seqs) if seqs else 0.0
 
 
 def _eos_token_ids(model: LoadedModel) -> set[int]:

@@ -19,6 +19,7 @@ from adaspec.speculation.acceptance import AcceptanceCalibrator
 from adaspec.speculation.draft_budget import DraftBudget
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile, OnlineLatencyModel, Sample, step_features
 from adaspec.speculation.policies import Policy, make_policy
+from adaspec.speculation.prefill_budget import WaitingPrompt, prompt_token_budget
 from adaspec.speculation.step_state import StepContext, StepLoad
 
 OVERHEAD_WEIGHT = 0.1
@@ -82,6 +83,20 @@ class StepPlanner:
             for i, budget in zip(indices, policy.budgets([seqs[i].request_state for i in indices], ctx)):
                 budgets[i] = budget
         return budgets, ctx
+
+    def prompt_budget(self, decoding: list[Sequence], rows: tuple[int, int, float], prompts: list[WaitingPrompt],
+                      max_tokens: int) -> int:
+        """The prompt tokens the step may carry and keep `decoding`'s TPOT SLOs (`prefill_budget`); `rows`: the
+        step's decoding rows without prompts (sequences, query tokens, mean context). No latency model: no bound."""
+        if self.verify_latency is None:
+            return max_tokens
+        now = time.perf_counter()
+        for seq in decoding:
+            _update(seq, now)
+        batch, tokens, context = rows
+        return prompt_token_budget(self.verify_latency.model, [s.request_state for s in decoding], batch=batch,
+                                   query_tokens=tokens, context=context, overhead_ms=self.overhead_ms,
+                                   prompts=prompts, max_tokens=max_tokens)
 
     def learn(self, seqs: list[Sequence], ctx: StepContext, confidences: list[list[float]], accepted: list[int],
               timings: StepTimings) -> None:

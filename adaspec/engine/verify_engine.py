@@ -62,10 +62,12 @@ class VerifyEngine(Engine):
         self._proposals: dict[int, deque[Proposal]] = {}  # per session, in step order
         self._external = ExternalDrafts()
 
-    def open(self, prompt: Prompt, params: SamplingParams, resume_output: tuple[int, ...] | list[int] = ()) -> Sequence:
+    def open(self, prompt: Prompt, params: SamplingParams, resume_output: tuple[int, ...] | list[int] = (),
+             ttft_ms: float | None = None, tpot_ms: float | None = None) -> Sequence:
         """Validate and queue a session; its prefill runs in the next steps. Raises ValueError, KVCacheExhausted.
-        `resume_output`: see `Engine.add_request`."""
-        return self._sequences[self.add_request(prompt, params, self._external, resume_output)]
+        `resume_output`: see `Engine.add_request`. `ttft_ms`, `tpot_ms`: the request's SLOs, which size the
+        prompt chunks of the steps it shares (`adaspec.speculation.prefill_budget`)."""
+        return self._sequences[self.add_request(prompt, params, self._external, resume_output, ttft_ms, tpot_ms)]
 
     def max_draft_tokens(self, seq_id: int) -> int:
         """The most drafts the session's next step may bring: max_spec_len, capped by the tokens left."""
@@ -115,7 +117,8 @@ class VerifyEngine(Engine):
         ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]
         proposals = [self._next_proposal(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
-        prefills = self.scheduler.schedule_prefills(self.scheduler.max_num_batched_tokens - spent)
+        # every decoding session's SLO bounds the prompt chunk, those waiting for drafts too: they step next
+        prefills = self.scheduler.schedule_prefills(self._prompt_budget(self.scheduler.decoding(), ready, spent))
         drafts = self._stack(proposals)
         before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
         logits, verifying, shape = self._score(ready, drafts, prefills)

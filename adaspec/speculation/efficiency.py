@@ -4,9 +4,11 @@ Per request i with k_i drafts whose cumulative acceptance probabilities are P_i1
 
     E_i  = 1 + Σ_{j ≤ k_i} P_ij                                   tokens the step commits for i
     T    = overhead + t_v(b, n_other + Σ_i (k_i + 1), c) + Σ_{j=1..max k} t_d(b_j + b_other, b_j + b_other, c)
-           + [max k > 0]·draft overhead
+           + [max k > 0]·draft overhead + [split]·t_v(0, 0, 0)
            (b_j: requests drafting a j-th token; no draft forward at all when every k_i = 0; the draft overhead
-           is what drafting costs besides the forwards, e.g. the round trip to a draft replica)
+           is what drafting costs besides the forwards, e.g. the round trip to a draft replica; split: where the
+           requests that draft nothing step ahead of those that draft (`StepLoad.split_phases`) and some but not
+           all of them draft, the replica runs two verify forwards where it would run one: one more w0)
     G    = (Σ_i w_i·E_i + other yield) / T                            weighted goodput
 
 `plan` grows the k_i depth by depth, giving each depth to the requests whose token there is worth most,
@@ -66,10 +68,12 @@ class StepShape:
 
     query_tokens: int
     drafting_rows: tuple[int, ...]  # no trailing 0: as deep as the deepest request drafts
+    requests: int
 
     @classmethod
     def of(cls, ks: Sequence[int]) -> StepShape:
-        return cls(sum(ks) + len(ks), tuple(sum(k >= depth for k in ks) for depth in range(1, max(ks, default=0) + 1)))
+        return cls(sum(ks) + len(ks), tuple(sum(k >= depth for k in ks) for depth in range(1, max(ks, default=0) + 1)),
+                   len(ks))
 
     def with_k(self, old: int, new: int) -> StepShape:
         """The step with one request's `old` drafts made `new`."""
@@ -78,23 +82,25 @@ class StepShape:
                 for depth in range(1, max(len(self.drafting_rows), new) + 1)]
         while rows and not rows[-1]:
             rows.pop()
-        return StepShape(self.query_tokens + new - old, tuple(rows))
+        return StepShape(self.query_tokens + new - old, tuple(rows), self.requests)
 
     def ms(self, ctx: StepContext) -> float:
-        return _step_time_ms(ctx, self.query_tokens, self.drafting_rows)
+        """T for the planned requests' query tokens to verify and their draft forwards (none: no draft forward),
+        with the split's w0 where some of them but not all draft and `ctx.load.split_phases`."""
+        load = ctx.load
+        t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + self.query_tokens, load.context)
+        if ctx.draft is not None and self.drafting_rows:
+            t += load.draft_overhead_ms
+            for rows in self.drafting_rows:
+                rows += load.draft_batch
+                t += ctx.draft.predict(rows, rows, load.context)
+        return t + split_ms(ctx, self.drafting_rows[0] if self.drafting_rows else 0, self.requests)
 
 
-def _step_time_ms(ctx: StepContext, query_tokens: int, drafting_rows: Sequence[int]) -> float:
-    """T for `query_tokens` of the planned requests to verify and draft forwards of `drafting_rows` of them (none:
-    no draft forward)."""
-    load = ctx.load
-    t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + query_tokens, load.context)
-    if ctx.draft is not None and drafting_rows:
-        t += load.draft_overhead_ms
-        for rows in drafting_rows:
-            rows += load.draft_batch
-            t += ctx.draft.predict(rows, rows, load.context)
-    return t
+def split_ms(ctx: StepContext, drafting: int, requests: int) -> float:
+    """The split's cost (module docstring): one more verify forward's fixed cost where `drafting` of the `requests`
+    planned draft, some but not all, and those that do not step ahead (`StepLoad.split_phases`)."""
+    return ctx.verify.predict(0, 0, 0.0) if ctx.load.split_phases and 0 < drafting < requests else 0.0
 
 
 @dataclass(frozen=True)
@@ -142,22 +148,25 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
                 return False
         return True
 
+    def added_ms(m: int, depth: int) -> float:
+        """What opening `depth` for m requests adds to the step (at depth 1, the split if some go without)."""
+        return m * token_ms + forward_ms(m, depth) + (split_ms(ctx, m, n) if depth == 1 else 0.0)
+
     for depth in range(1, max(caps, default=0) + 1):
         candidates = sorted((i for i in range(n) if ks[i] == depth - 1 and caps[i] >= depth),
                             key=lambda i: -weights[i] * curves[i][depth - 1])
         best_m, best_goodput, gain = 0, value / step * (1.0 + (switch_margin if depth == 1 else 0.0)), 0.0
         for m, i in enumerate(candidates, 1):
             gain += weights[i] * curves[i][depth - 1]
-            goodput = (value + gain) / (step + m * token_ms + forward_ms(m, depth))
+            goodput = (value + gain) / (step + added_ms(m, depth))
             if goodput > best_goodput:
                 best_m, best_goodput = m, goodput
-        while best_m and not slo_allows(step + best_m * token_ms + forward_ms(best_m, depth),
-                                        set(candidates[:best_m]), depth):
+        while best_m and not slo_allows(step + added_ms(best_m, depth), set(candidates[:best_m]), depth):
             best_m -= 1  # the least valuable request of the depth goes first
         if not best_m:
             break
         chosen = candidates[:best_m]
-        step += best_m * token_ms + forward_ms(best_m, depth)
+        step += added_ms(best_m, depth)
         for i in chosen:
             ks[i] = depth
             expected[i] += curves[i][depth - 1]

@@ -67,6 +67,9 @@ class StepLoad:
     overhead_ms: float = 0.0  # step time outside the forwards (network, scheduling), measured
     draft_overhead_ms: float = 0.0  # paid once more by a step that drafts at all (a draft replica's round trip)
     step_cap_ms: float = math.inf  # the longest step other requests' SLOs allow (TTFT of prompts, TPOT of others)
+    # Planned requests that draft nothing do not wait for those that draft: their steps go ahead in a verify forward
+    # of their own (the services). In the engine every request of a step waits for its drafts: False.
+    split_phases: bool = False
 
 
 @dataclass

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from adaspec.v1 import common_pb2 as adaspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x64\x61spec/v1/verify.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"\xb9\x01\n\nVerifyOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12*\n\x06params\x18\x04 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x18\n\x10output_token_ids\x18\x06 \x03(\x05\x12\x19\n\x11output_chars_sent\x18\x07 \x01(\r\"}\n\rVerifyRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.adaspec.v1.VerifyOpenH\x00\x12\'\n\x04step\x18\x02 \x01(\x0b\x32\x17.adaspec.v1.DraftTokensH\x00\x12\x13\n\x0btraceparent\x18\x0f \x01(\tB\x06\n\x04kind\"\xb5\x01\n\x0eVerifyResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x14\n\x0cnum_accepted\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x05 \x03(\x05\x12\x18\n\x10max_draft_tokens\x18\x06 \x01(\x05\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x0f\n\x07step_ms\x18\x08 \x01(\x01\x32\xca\x01\n\x06Verify\x12\x44\n\x07Session\x12\x19.adaspec.v1.VerifyRequest\x1a\x1a.adaspec.v1.VerifyResponse(\x01\x30\x01\x12:\n\x04Link\x12\x16.adaspec.v1.LinkFrames\x1a\x16.adaspec.v1.LinkFrames(\x01\x30\x01\x12>\n\x07GetLoad\x12\x1a.adaspec.v1.GetLoadRequest\x1a\x17.adaspec.v1.ReplicaLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x64\x61spec/v1/verify.proto\x12\nadaspec.v1\x1a\x17\x61\x64\x61spec/v1/common.proto\"\xdb\x01\n\nVerifyOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12*\n\x06params\x18\x04 \x01(\x0b\x32\x1a.adaspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x18\n\x10output_token_ids\x18\x06 \x03(\x05\x12\x19\n\x11output_chars_sent\x18\x07 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x08 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\t \x01(\x01\"}\n\rVerifyRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.adaspec.v1.VerifyOpenH\x00\x12\'\n\x04step\x18\x02 \x01(\x0b\x32\x17.adaspec.v1.DraftTokensH\x00\x12\x13\n\x0btraceparent\x18\x0f \x01(\tB\x06\n\x04kind\"\xb5\x01\n\x0eVerifyResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x14\n\x0cnum_accepted\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x05 \x03(\x05\x12\x18\n\x10max_draft_tokens\x18\x06 \x01(\x05\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x0f\n\x07step_ms\x18\x08 \x01(\x01\x32\xca\x01\n\x06Verify\x12\x44\n\x07Session\x12\x19.adaspec.v1.VerifyRequest\x1a\x1a.adaspec.v1.VerifyResponse(\x01\x30\x01\x12:\n\x04Link\x12\x16.adaspec.v1.LinkFrames\x1a\x16.adaspec.v1.LinkFrames(\x01\x30\x01\x12>\n\x07GetLoad\x12\x1a.adaspec.v1.GetLoadRequest\x1a\x17.adaspec.v1.ReplicaLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adaspec.v1.verify_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERIFYOPEN']._serialized_start=65
-  _globals['_VERIFYOPEN']._serialized_end=250
-  _globals['_VERIFYREQUEST']._serialized_start=252
-  _globals['_VERIFYREQUEST']._serialized_end=377
-  _globals['_VERIFYRESPONSE']._serialized_start=380
-  _globals['_VERIFYRESPONSE']._serialized_end=561
-  _globals['_VERIFY']._serialized_start=564
-  _globals['_VERIFY']._serialized_end=766
+  _globals['_VERIFYOPEN']._serialized_end=284
+  _globals['_VERIFYREQUEST']._serialized_start=286
+  _globals['_VERIFYREQUEST']._serialized_end=411
+  _globals['_VERIFYRESPONSE']._serialized_start=414
+  _globals['_VERIFYRESPONSE']._serialized_end=595
+  _globals['_VERIFY']._serialized_start=598
+  _globals['_VERIFY']._serialized_end=800
 # @@protoc_insertion_point(module_scope)

@@ -186,7 +186,8 @@ class RequestRun:
         open_message = verify_pb2.VerifyRequest(
             open=verify_pb2.VerifyOpen(request_id=spec.request_id, params=params_to_proto(spec.params),
                                        seed=spec.params.seed, output_token_ids=c.output_ids,
-                                       output_chars_sent=c.text_chars),
+                                       output_chars_sent=c.text_chars, ttft_ms=spec.slo_ttft_ms or 0.0,
+                                       tpot_ms=spec.slo_tpot_ms or 0.0),
         )
         if c.output_ids:  # a resumed session takes the prompt as tokenised by the first replica
             open_message.open.prompt_token_ids[:] = c.prompt_token_ids

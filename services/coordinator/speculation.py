@@ -108,7 +108,9 @@ class Steps:
         self.view, self.max_spec_len = view, max_spec_len
         self.policies: dict[str, Policy] = {}
         self.on_replica: dict[str, set[RequestSpeculation]] = defaultdict(set)
-        self.overhead_ms: dict[str, float] = {}  # per verify replica: a step's time outside its forwards
+        # per verify replica and policy: a plain step's time outside its forwards (what it waits for besides them
+        # depends on the steps it shares, so each policy learns its own from its own steps, like its drafting cost)
+        self.overhead: dict[tuple[str, Policy], float] = {}
         # per draft replica and policy: what a drafting step costs beyond its forwards and a plain step's overhead
         self.draft_overhead: dict[tuple[str, Policy], RecentMedian] = defaultdict(RecentMedian)
         self._plans: dict[tuple[str, Policy], JointPlan] = {}
@@ -159,9 +161,12 @@ class Steps:
         plan.given.add(asking)
         return plan.budgets[asking], plan.forwards(asking)
 
-    def observe_overhead(self, replica_id: str, sample_ms: float) -> None:
-        old = self.overhead_ms.get(replica_id)
-        self.overhead_ms[replica_id] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
+    def observe_overhead(self, replica_id: str, policy: Policy, sample_ms: float) -> None:
+        old = self.overhead.get((replica_id, policy))
+        self.overhead[replica_id, policy] = sample_ms if old is None else old + OVERHEAD_WEIGHT * (sample_ms - old)
+
+    def overhead_ms(self, replica_id: str, policy: Policy) -> float:
+        return self.overhead.get((replica_id, policy), 0.0)
 
     def draft_overhead_ms(self, replica_id: str | None, policy: Policy, now: float) -> float:
         return self.draft_overhead[replica_id, policy].now(now) if replica_id else 0.0
@@ -213,9 +218,9 @@ class RequestSpeculation:
             other_yield=(verify.tokens_per_step or 1.0) * others,
             context=verify.mean_context or float(self.state.context_tokens),
             draft_batch=max(0, round(draft.step_batch) - len(planned)) if draft is not None else 0,
-            overhead_ms=self.steps.overhead_ms.get(self.verify_id, 0.0),
+            overhead_ms=self.steps.overhead_ms(self.verify_id, self.policy),
             draft_overhead_ms=self.steps.draft_overhead_ms(self.draft_id, self.policy, time.perf_counter()),
-            step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned))
+            step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned), split_phases=True)
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
     def budget(self, room: int) -> DraftBudget:
@@ -260,11 +265,11 @@ class RequestSpeculation:
             # (a step that asked for drafts and kept none is neither a plain step nor a timed drafting step)
             beyond = (now - self.asked_at) * 1e3 - self.forwards.ms(len(confidences))
             if not confidences:  # a step without drafts: the replica's overhead
-                self.steps.observe_overhead(self.verify_id, max(0.0, beyond))
+                self.steps.observe_overhead(self.verify_id, self.policy, max(0.0, beyond))
             else:
                 self.drafting_steps += 1
                 if self.drafting_steps > 1 and self.draft_id is not None:  # what drafting at all added
-                    extra = beyond - self.steps.overhead_ms.get(self.verify_id, 0.0)
+                    extra = beyond - self.steps.overhead_ms(self.verify_id, self.policy)
                     self.steps.draft_overhead[self.draft_id, self.policy].add(max(0.0, extra), now)
         if confidences:
             calibrated = self.steps.view.calibrator.curve(self.state.greedy)

@@ -16,7 +16,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", default="default", help="verify pool this replica belongs to")
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sessions batched together")
     parser.add_argument("--max-waiting", type=int, default=64, help="sessions queued beyond that")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                        help="the most tokens one engine step carries; prompt chunks also keep every decoding "
+                             "session's TPOT SLO (docs/adaptive-speculation.md)")
 
 
 def build(args, address: str):

@@ -152,6 +152,10 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
         if bool(msg.prompt) == bool(msg.prompt_token_ids):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of prompt and prompt_token_ids",
                         field="prompt")
+        for name in ("ttft_ms", "tpot_ms"):
+            if not getattr(msg, name) >= 0:  # NaN too
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{name} must be >= 0 (0: no SLO), got {getattr(msg, name)}", field=name)
         try:
             params = params_from_proto(msg.params, seed=msg.seed)
             if params.max_tokens >= self.max_model_len:
@@ -160,7 +164,8 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             prompt = list(msg.prompt_token_ids)
             if msg.prompt:  # tokenized here, not in the engine between two steps: a long prompt would pause them all
                 prompt = await asyncio.to_thread(self._tokenize, msg.prompt)
-            return params, await self.loop.call(("open", (prompt, params, list(msg.output_token_ids))),
+            return params, await self.loop.call(("open", (prompt, params, list(msg.output_token_ids),
+                                                          msg.ttft_ms or None, msg.tpot_ms or None)),
                                                 undo=lambda opened: ("close", (opened.seq_id,)))
         except ValueError as error:
             await context.abort_with_status(invalid_argument_from(error, "prompt"))

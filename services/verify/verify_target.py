@@ -47,8 +47,9 @@ class VerifyTarget:
         return {"max_model_len": self.engine.max_model_len, "max_num_seqs": self.engine.scheduler.max_num_seqs,
                 "tokenizer_path": self.engine.target.path, "model_path": self.engine.target.path}
 
-    def open(self, prompt: Prompt, params: SamplingParams, resume_output: list[int]) -> OpenedSession:
-        seq = self.engine.open(prompt, params, resume_output)
+    def open(self, prompt: Prompt, params: SamplingParams, resume_output: list[int], ttft_ms: float | None = None,
+             tpot_ms: float | None = None) -> OpenedSession:
+        seq = self.engine.open(prompt, params, resume_output, ttft_ms, tpot_ms)
         return OpenedSession(seq.seq_id, seq.token_ids[: seq.num_prompt_tokens])
 
     def submit(self, seq_id: int, step: bytes) -> None:
