@@ -228,11 +228,12 @@ class Engine:
         blocks = self.target_runner.kv_cache.blocks
         prefilling = [s for s in self.scheduler.running if s.status is SequenceStatus.PREFILLING]
         prompt_tokens = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in prefilling)
+        prompts = self._waiting_prompts()
         if prompt_tokens:  # what the chunk budget will let in, before drafts take their share
-            prompt_tokens = min(prompt_tokens, max(0, self._prompt_budget(decoding, decoding, len(decoding))))
+            prompt_tokens = min(prompt_tokens, max(0, self._prompt_budget(decoding, decoding, len(decoding), prompts)))
         return StepLoad(batch=len(decoding) + len(prefilling), other_tokens=prompt_tokens,
                         context=_mean_context(decoding), overhead_ms=self.planner.overhead_ms,
-                        step_cap_ms=max(min((p.ttft_left_ms for p in self._waiting_prompts()), default=math.inf), 0.0))
+                        step_cap_ms=max(min((p.ttft_left_ms for p in prompts), default=math.inf), 0.0))
 
     def _waiting_prompts(self) -> list[WaitingPrompt]:
         """The prompts still to prefill, in the order prefill serves them, with their time left before TTFT."""
@@ -247,15 +248,16 @@ class Engine:
                 math.inf if ttft_s is None else (ttft_s - (now - seq.stats.arrival_time)) * 1e3))
         return prompts
 
-    def _prompt_budget(self, decoding: list[Sequence], rows: list[Sequence], query_tokens: int) -> int:
+    def _prompt_budget(self, decoding: list[Sequence], rows: list[Sequence], query_tokens: int,
+                       prompts: list[WaitingPrompt] | None = None) -> int:
         """The prompt tokens this step may carry: what `max_num_batched_tokens` leaves, and no more than keeps
         the decoding requests' TPOT SLOs (`adaspec.speculation.prefill_budget`). `rows`: the decoding requests in
-        this step's forward, with `query_tokens` in all."""
+        this step's forward, with `query_tokens` in all; `prompts`: `_waiting_prompts()` when the caller has them."""
         room = self.scheduler.max_num_batched_tokens - query_tokens
-        if not self.scheduler.waiting and not any(s.status is SequenceStatus.PREFILLING for s in self.scheduler.running):
+        prompts = self._waiting_prompts() if prompts is None else prompts
+        if not prompts:
             return room
-        return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)),
-                                          self._waiting_prompts(), room)
+        return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)), prompts, room)
 
     def _budget(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         """Cap k_i so that drafts never run past max_tokens or the context window."""

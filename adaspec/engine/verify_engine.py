@@ -114,11 +114,12 @@ class VerifyEngine(Engine):
         """Verify every waiting proposal and advance prefills in one forward; returns the sessions that moved.
         Calibrates the acceptance model on the drafts' confidences and refines the latency model."""
         start = time.perf_counter()
-        ready = [s for s in self.scheduler.decoding() if s.seq_id in self._proposals]
+        decoding = self.scheduler.decoding()
+        ready = [s for s in decoding if s.seq_id in self._proposals]
         proposals = [self._next_proposal(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
         # every decoding session's SLO bounds the prompt chunk, those waiting for drafts too: they step next
-        prefills = self.scheduler.schedule_prefills(self._prompt_budget(self.scheduler.decoding(), ready, spent))
+        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, ready, spent))
         drafts = self._stack(proposals)
         before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
         logits, verifying, shape = self._score(ready, drafts, prefills)
