@@ -102,6 +102,28 @@ def test_a_draft_session_hears_every_token_committed_while_it_drafted_nothing():
     assert run.state.output_tokens == 5 and run.state.acceptance.tested == 2
 
 
+def test_a_requests_state_says_how_much_context_its_draft_session_has_not_seen():
+    """What the next draft step feeds the draft beyond its one token (`RequestState.draft_lag_tokens`): before any
+    step, the prompt and every token since; after a drafting step, nothing (its accepted drafts it has); after steps
+    at k = 0, their tokens."""
+    steps = Steps(LoadView(InProcessLoadStore()), 8)
+    run = RequestSpeculation(steps, steps.policy("fixed:2"), RequestState(10, 0, 50, True), 50)
+
+    def lag() -> int:
+        run.update(0.0)
+        return run.state.draft_lag_tokens
+
+    run.committed([1], 0, [])  # the first token: 11 tokens of context, none of them seen
+    run.committed([2], 0, [])
+    assert lag() == 12 - 1
+    run.take_catch_up()
+    run.committed([7, 8], 1, [0.9, 0.4])  # one of two drafts accepted, then the target's token
+    assert lag() == 0
+    run.committed([9], 0, [])
+    run.committed([10], 0, [])
+    assert lag() == 2
+
+
 def test_a_replicas_group_is_planned_once_per_step_however_slowly_its_replies_are_handled(monkeypatch):
     """Under overload the coordinator's event loop gets to one step's replies milliseconds apart. The group's plan
     (the whole batch, its cost growing with the batch) must still be made once per step, not once per reply:

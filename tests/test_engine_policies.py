@@ -10,15 +10,17 @@ from tests.conftest import HELD_OUT_SNIPPETS
 
 
 class PauseThenDraft(Policy):
-    """k = 0 for the first `pause` steps of every request, then k = 4; remembers the batches it was given."""
+    """k = 0 for the first `pause` steps of every request, then k = 4; remembers the batches it was given, and what
+    the drafter had not seen of each request."""
 
     name = "pause-then-draft"
 
     def __init__(self, pause: int):
-        self.pause, self.batches = pause, []
+        self.pause, self.batches, self.lags = pause, [], []
 
     def budgets(self, requests, ctx):
         self.batches.append(len(requests))
+        self.lags.append([r.draft_lag_tokens for r in requests])
         budgets = []
         for r in requests:
             r.memo["calls"] = r.memo.get("calls", 0) + 1
@@ -52,16 +54,22 @@ def test_steps_at_k_0_run_no_draft_forward_and_the_drafter_is_not_stale_after_th
     token proposes (a fresh request on the same tokens), and gets as many accepted over the next steps."""
     engine = bundled_engine
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
-    request_id = engine.add_request(HELD_OUT_SNIPPETS[1], params, policy=PauseThenDraft(pause=12))
+    policy = PauseThenDraft(pause=12)
+    request_id = engine.add_request(HELD_OUT_SNIPPETS[1], params, policy=policy)
     seq = engine._sequences[request_id]
     calls, forwards = recorded_drafts(engine, monkeypatch)
     try:
         for _ in range(13):  # the prefill, then 12 steps at k = 0
             engine.step()
         assert forwards[0] == 0 and not calls and seq.num_output_tokens == 13
+        prompt = len(seq.token_ids) - 13
+        # what the first draft step will feed beyond its one token: the prompt and every token since
+        assert [lags[0] for lags in policy.lags] == [prompt + n - 1 for n in range(1, 13)]
         committed = list(seq.token_ids)
         for _ in range(5):  # drafting again
             engine.step()
+        # then caught up at every step: at most the last accepted draft, never drafted on, besides the new token
+        assert policy.lags[12][0] == prompt + 12 and all(lags[0] <= 1 for lags in policy.lags[13:])
         resumed, resumed_accepted = calls[0][request_id], seq.stats.accepted_tokens
         engine.abort(request_id)
         # a fresh request whose prefill gives the last committed token, then drafts on all of them

@@ -30,20 +30,41 @@ def decoding(tpot_ms: float | None, out: int = 11, since_first_ms: float = 150.0
 ONE_LONG_PROMPT = (WaitingPrompt(2000),)
 
 
-def budget(requests, prompts=ONE_LONG_PROMPT, max_tokens=2000) -> int:
+def budget(requests, prompts=ONE_LONG_PROMPT, max_tokens=2000, step_tokens=()) -> int:
     return prompt_token_budget(MODEL, requests, batch=len(requests), query_tokens=len(requests), context=100.0,
-                               overhead_ms=0.0, prompts=list(prompts), max_tokens=max_tokens)
+                               overhead_ms=0.0, prompts=list(prompts), max_tokens=max_tokens, step_tokens=step_tokens)
 
 
-def test_the_longest_step_a_request_can_take_is_its_slack_and_its_own_token_within_the_margin():
-    # 10 tokens after the first in 150 ms against 20 ms each, less the margin: 17 ms each, so 20 ms ahead; this
-    # token's 17
+def test_the_longest_step_a_request_can_take_is_its_own_token_and_its_slack_spread_over_its_tokens_left():
+    # 10 tokens after the first in 150 ms against 20 ms each, less the margin: 17 ms each, so 20 ms ahead, spread
+    # over the 50 tokens left; this token's 17
     assert SLO_MARGIN == 0.85
-    assert longest_step_ms(decoding(20.0)) == pytest.approx(20 + 17)
-    assert longest_step_ms(decoding(12.0)) == pytest.approx(0.85 * 12 * 11 - 150)  # behind, but it can catch up
+    assert longest_step_ms(decoding(20.0)) == pytest.approx(17 + 20 / 50)
+    assert longest_step_ms(decoding(20.0, remaining=1)) == pytest.approx(17 + 20)  # its last token may spend it all
+    assert longest_step_ms(decoding(12.0)) == pytest.approx(0.85 * 12 - (150 - 0.85 * 12 * 10) / 50)  # catching up
     assert longest_step_ms(decoding(None)) == math.inf
     assert longest_step_ms(decoding(20.0, remaining=0)) == math.inf
     assert longest_step_ms(decoding(2.0)) == math.inf  # 2 ms a token is lost whatever happens
+
+
+def test_steps_of_the_longest_length_until_the_end_bring_the_tpot_to_the_margin_exactly():
+    slo_ms, out, since_ms, left = 30.0, 8, 120.0, 24
+    step_ms = longest_step_ms(decoding(slo_ms, out=out, since_first_ms=since_ms, remaining=left))
+    assert (since_ms + left * step_ms) / (out + left - 1) == pytest.approx(SLO_MARGIN * slo_ms)
+
+
+def test_a_step_expected_to_commit_several_tokens_of_a_request_may_be_that_many_times_longer():
+    """A step verifying drafts commits E_i tokens: steps of E_i · X_i each until its end keep the same final TPOT. Its
+    prompt chunk grows with it: without it, steps with drafts left prompts the minimum and, past saturation, they
+    queued."""
+    r = decoding(20.0)
+    assert longest_step_ms(r, 2.5) == pytest.approx(2.5 * longest_step_ms(r))
+    slo_ms, out, since_ms, left, tokens = 30.0, 8, 120.0, 24, 3.0
+    step_ms = longest_step_ms(decoding(slo_ms, out=out, since_first_ms=since_ms, remaining=left), tokens)
+    assert (since_ms + left / tokens * step_ms) / (out + left - 1) == pytest.approx(SLO_MARGIN * slo_ms)
+    plain = budget([decoding(20.0), decoding(40.0)])
+    assert budget([decoding(20.0), decoding(40.0)], step_tokens=[1.0, 1.0]) == plain
+    assert budget([decoding(20.0), decoding(40.0)], step_tokens=[2.5]) > plain  # the tighter one verifies drafts
 
 
 def test_without_a_decoding_slo_a_step_takes_every_prompt_token_it_has_room_for():
@@ -62,7 +83,7 @@ def test_a_tight_decoding_slo_cuts_prompts_into_chunks_that_keep_it_and_a_looser
 
 
 def test_prompts_always_progress_and_a_lost_cause_does_not_hold_them_back():
-    behind = decoding(13.0)  # 20 ms behind an SLO it can still meet: no room at all this step
+    behind = decoding(13.0)  # 40 ms behind an SLO it can still meet: no room at all this step
     assert budget([behind]) == MIN_PROMPT_TOKENS
     assert budget([decoding(2.0)]) == 2000  # lost whatever happens: no bound
     assert budget([behind], max_tokens=10) == 10

@@ -352,3 +352,51 @@ def test_a_step_where_some_but_not_all_draft_is_timed_with_the_split_forward():
     assert StepShape.of([2, 0]).with_k(2, 0).ms(split) == StepShape.of([0, 0]).ms(engine)
     for ks in ([2, 2], [0, 0], [3]):
         assert StepShape.of(ks).ms(context(len(ks), split_phases=True)) == StepShape.of(ks).ms(context(len(ks)))
+
+
+def test_the_context_a_draft_session_has_not_seen_is_fed_in_the_steps_first_draft_forward():
+    """A fresh draft session is fed its prompt at its first draft step, and one that sat out steps at k = 0 the
+    tokens committed meanwhile: T counts them in the first draft forward, and the shape keeps them through with_k."""
+    ctx = context(2)
+    fed = StepShape.of([2, 1], [300, 40])
+    assert fed.ms(ctx) - StepShape.of([2, 1]).ms(ctx) == pytest.approx(
+        DRAFT.predict(2, 2 + 340, 200) - DRAFT.predict(2, 2, 200))  # the first forward only
+    assert StepShape.of([2, 0], [300, 40]).draft_lag_tokens == 300  # a request that does not draft feeds nothing
+    assert fed.with_k(1, 0, 40) == StepShape.of([2, 0], [300, 40])
+    assert StepShape.of([2, 0], [300, 40]).with_k(0, 3, 40) == StepShape.of([2, 3], [300, 40])
+
+
+def test_a_fresh_draft_sessions_prompt_is_charged_over_the_steps_it_serves_and_within_the_slos_whole():
+    """Feeding a 2000-token prompt to the draft costs 40 ms here, once. A request with 300 tokens to go drafts (the
+    cost spread over its steps is little, and the step's fixed cost drafts go on paying for at least as deep); one
+    with 3 tokens left does not; and a step whose SLO cap leaves no room for those 40 ms does not draft, however
+    long the request."""
+    def plan(lag, left, **load):
+        r = with_acceptance(0.9)
+        r.draft_lag_tokens, r.remaining_tokens = lag, left
+        return AdaSpec().plan([r], context(1, **load))
+
+    assert plan(2000, 300).ks[0] >= plan(0, 300).ks[0] >= 2
+    fed = plan(2000, 300)
+    assert fed.step_ms == pytest.approx(StepShape.of(fed.ks, [2000]).ms(context(1)))  # the step: all of it
+    assert fed.step_ms - step_time_ms(context(1), fed.ks) == pytest.approx(
+        DRAFT.predict(1, 2001, 200) - DRAFT.predict(1, 1, 200))
+    assert plan(0, 4).ks[0] >= 2 and plan(2000, 4).ks[0] == 0
+    cap = plan(0, 300).step_ms + 5.0
+    assert plan(0, 300, step_cap_ms=cap).ks[0] >= 2 and plan(2000, 300, step_cap_ms=cap).ks[0] == 0
+
+
+def test_drafting_starts_where_the_depths_together_pay_its_fixed_costs_though_the_first_alone_does_not():
+    """Every step that drafts pays a draft overhead once (here 4 ms, as a hop to a draft replica would): one draft
+    alone does not pay for it, four do. Opening the first depth only if it pays alone would never draft; and
+    the switch margin applies to the whole plan, not to its first depth."""
+    ctx = context(1, draft_overhead_ms=4.0)
+    curves, one, four = [geometric_curve(0.9, 8)], [1], [4]
+    plain_goodput = 1.0 / step_time_ms(ctx, [0])
+    assert (1 + 0.9) / step_time_ms(ctx, one) < plain_goodput * 1.05 < expected_tokens([0.9] * 4) / step_time_ms(
+        ctx, four)
+    for margin in (0.0, 0.05, -0.05):
+        p = plan(ctx, curves, [1.0], [math.inf], [8], switch_margin=margin)
+        assert p.ks[0] >= 2 and p.goodput > plain_goodput * (1 + margin), (margin, p)
+    # where no depth pays for it, none opens
+    assert plan(context(1, draft_overhead_ms=80.0), curves, [1.0], [math.inf], [8], switch_margin=0.05).ks == [0]

@@ -18,6 +18,7 @@ import itertools
 import math
 import random
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
@@ -205,7 +206,8 @@ class Engine:
         decoding = self.scheduler.decoding()
         budgets, ctx = self._plan(decoding)
         spent = sum(b.max_tokens + 1 for b in budgets)
-        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent))
+        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent, step_tokens=lambda: [
+            self.planner.expected_step_tokens(s, b.max_tokens) for s, b in zip(decoding, budgets)]))
         drafts = self._propose(decoding, budgets)
         drafted = time.perf_counter()
         logits, verifying, verify_shape = self._score(decoding, drafts, prefills)
@@ -220,6 +222,11 @@ class Engine:
 
     def _plan(self, decoding: list[Sequence]):
         """Each decoding request's draft budget from its policy, capped by the room it has left."""
+        if self.drafter is not None:  # the draft cache fills at a request's first draft step, and catches up after
+            blocks = self.drafter.blocks
+            for seq in decoding:
+                cached = blocks.num_tokens(seq.seq_id) if seq.seq_id in blocks else 0
+                seq.request_state.draft_lag_tokens = max(0, len(seq.token_ids) - cached - 1)
         budgets, ctx = self.planner.budgets(decoding, self._step_load(decoding))
         return [self._budget(seq, b) for seq, b in zip(decoding, budgets)], ctx
 
@@ -249,15 +256,19 @@ class Engine:
         return prompts
 
     def _prompt_budget(self, decoding: list[Sequence], rows: list[Sequence], query_tokens: int,
-                       prompts: list[WaitingPrompt] | None = None) -> int:
+                       prompts: list[WaitingPrompt] | None = None,
+                       step_tokens: Callable[[], list[float]] | None = None) -> int:
         """The prompt tokens this step may carry: what `max_num_batched_tokens` leaves, and no more than keeps
         the decoding requests' TPOT SLOs (`adaspec.speculation.prefill_budget`). `rows`: the decoding requests in
-        this step's forward, with `query_tokens` in all; `prompts`: `_waiting_prompts()` when the caller has them."""
+        this step's forward, with `query_tokens` in all; `prompts`: `_waiting_prompts()` when the caller has them;
+        `step_tokens`: gives the tokens each decoding request is expected to commit in the step (1 when not given;
+        asked only when prompts wait: it costs a pass over the batch)."""
         room = self.scheduler.max_num_batched_tokens - query_tokens
         prompts = self._waiting_prompts() if prompts is None else prompts
         if not prompts:
             return room
-        return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)), prompts, room)
+        return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)), prompts, room,
+                                          step_tokens() if step_tokens is not None else None)
 
     def _budget(self, seq: Sequence, budget: DraftBudget) -> DraftBudget:
         """Cap k_i so that drafts never run past max_tokens or the context window."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from adaspec.engine.sequence import Sequence
 from adaspec.speculation.acceptance import AcceptanceCalibrator
 from adaspec.speculation.draft_budget import DraftBudget
+from adaspec.speculation.efficiency import expected_tokens, geometric_curve
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile, OnlineLatencyModel, Sample, step_features
 from adaspec.speculation.policies import Policy, make_policy
 from adaspec.speculation.prefill_budget import WaitingPrompt, prompt_token_budget
@@ -85,9 +86,11 @@ class StepPlanner:
         return budgets, ctx
 
     def prompt_budget(self, decoding: list[Sequence], rows: tuple[int, int, float], prompts: list[WaitingPrompt],
-                      max_tokens: int) -> int:
+                      max_tokens: int, step_tokens: list[float] | None = None) -> int:
         """The prompt tokens the step may carry and keep `decoding`'s TPOT SLOs (`prefill_budget`); `rows`: the
-        step's decoding rows without prompts (sequences, query tokens, mean context). No latency model: no bound."""
+        step's decoding rows without prompts (sequences, query tokens, mean context); `step_tokens`: the tokens
+        each is expected to commit in the step (`expected_step_tokens`; 1 when not given). No latency model: no
+        bound."""
         if self.verify_latency is None:
             return max_tokens
         now = time.perf_counter()
@@ -96,7 +99,16 @@ class StepPlanner:
         batch, tokens, context = rows
         return prompt_token_budget(self.verify_latency.model, [s.request_state for s in decoding], batch=batch,
                                    query_tokens=tokens, context=context, overhead_ms=self.overhead_ms,
-                                   prompts=prompts, max_tokens=max_tokens)
+                                   prompts=prompts, max_tokens=max_tokens, step_tokens=step_tokens or ())
+
+    def expected_step_tokens(self, seq: Sequence, drafts: int = 0, confidences: list[float] | None = None) -> float:
+        """The tokens `seq` is expected to commit in a step verifying its drafts: from their `confidences` on its
+        calibrated curve when they are known, else from its acceptance rate for `drafts` of them."""
+        state, greedy = seq.request_state, seq.params.greedy
+        if confidences:
+            curve = state.acceptance.curve(self.calibrator.curve(greedy))
+            return expected_tokens([curve(c) for c in confidences])
+        return expected_tokens(geometric_curve(state.acceptance.rate(self.calibrator.mean_acceptance(greedy)), drafts))
 
     def learn(self, seqs: list[Sequence], ctx: StepContext, confidences: list[list[float]], accepted: list[int],
               timings: StepTimings) -> None:

@@ -10,6 +10,7 @@ their drafts sit the step out.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from adaspec.sampling_params import SamplingParams
 from adaspec.speculation.draft_budget import DraftBudget
 from adaspec.speculation.policies import Policy
 from adaspec.speculation.step_state import StepLoad
+
+log = logging.getLogger(__name__)
 
 
 class ExternalDrafts(Policy):
@@ -118,8 +121,17 @@ class VerifyEngine(Engine):
         ready = [s for s in decoding if s.seq_id in self._proposals]
         proposals = [self._next_proposal(s.seq_id) for s in ready]
         spent = sum(len(p.token_ids) + 1 for p in proposals)
-        # every decoding session's SLO bounds the prompt chunk, those waiting for drafts too: they step next
-        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, ready, spent))
+        # every decoding session's SLO bounds the prompt chunk, those waiting for drafts too (they step next, one
+        # token or more: counted as one); a session verifying drafts may take a step as long as the tokens it
+        # expects from them
+        confidences = {s.seq_id: p.confidences[: len(p.token_ids)] for s, p in zip(ready, proposals)}
+        budget = self._prompt_budget(decoding, ready, spent, step_tokens=lambda: [
+            self.planner.expected_step_tokens(s, confidences=confidences.get(s.seq_id)) for s in decoding])
+        prefills = self.scheduler.schedule_prefills(budget)
+        if log.isEnabledFor(logging.DEBUG):  # what a long step carried: drafts, or prompts within what budget
+            log.debug("verify step", extra={"decoding": len(decoding), "ready": len(ready), "query_tokens": spent,
+                                            "prompt_budget": budget, "prompt_tokens": sum(n for _, n in prefills),
+                                            "prompts": len(prefills)})
         drafts = self._stack(proposals)
         before = {s.seq_id: len(s.token_ids) for s in ready + [s for s, _ in prefills]}
         logits, verifying, shape = self._score(ready, drafts, prefills)

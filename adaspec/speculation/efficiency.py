@@ -3,16 +3,21 @@
 Per request i with k_i drafts whose cumulative acceptance probabilities are P_i1 ≥ P_i2 ≥ …:
 
     E_i  = 1 + Σ_{j ≤ k_i} P_ij                                   tokens the step commits for i
-    T    = overhead + t_v(b, n_other + Σ_i (k_i + 1), c) + Σ_{j=1..max k} t_d(b_j + b_other, b_j + b_other, c)
+    T    = overhead + t_v(b, n_other + Σ_i (k_i + 1), c) + Σ_{j=1..max k} t_d(b_j + b_other, b_j + b_other + L_j, c)
            + [max k > 0]·draft overhead + [split]·t_v(0, 0, 0)
-           (b_j: requests drafting a j-th token; no draft forward at all when every k_i = 0; the draft overhead
+           (b_j: requests drafting a j-th token; L_1: the context the drafting requests' draft sessions have not
+           seen yet, fed in the first draft forward (a fresh session's whole prompt, the tokens committed while a
+           request drafted nothing), L_j = 0 deeper; no draft forward at all when every k_i = 0; the draft overhead
            is what drafting costs besides the forwards, e.g. the round trip to a draft replica; split: where the
            requests that draft nothing step ahead of those that draft (`StepLoad.split_phases`) and some but not
            all of them draft, the replica runs two verify forwards where it would run one: one more w0)
     G    = (Σ_i w_i·E_i + other yield) / T                            weighted goodput
 
 `plan` grows the k_i depth by depth, giving each depth to the requests whose token there is worth most,
-as long as that raises G (a token is worth drafting if it buys more than the step's average). Weights w_i favour
+as long as that raises G (a token is worth drafting if it buys more than the step's average); the first depth,
+which carries drafting's fixed costs alone, opens where the plan grown from it beats not drafting. Feeding a draft
+session what it has not seen is paid once and serves every step the request drafts after it: G charges it spread
+over the steps the request has left (the SLO checks see the whole of it, the step being that long). Weights w_i favour
 requests behind their TPOT SLO and discount those comfortably ahead. A token is not added if the step
 would then push a request that keeps its pace now past it (T / E_m above its allowed time per token: a
 request already behind gets its weight, not a veto), nor past `step_cap_ms`.
@@ -27,6 +32,7 @@ draft forward of its own.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,26 +69,30 @@ def step_time_ms(ctx: StepContext, ks: Sequence[int]) -> float:
 @dataclass(frozen=True)
 class StepShape:
     """A step of the planned requests as T sees it: their query tokens and, per depth j = 1, 2, ..., how many of
-    them draft a j-th token. The step with one request's drafts changed is derived from it in time linear in the
-    depth, not in the batch (the coordinator's event loop times every request of a replica's batch each step)."""
+    them draft a j-th token, and the unseen context their draft sessions are fed first (L_1). The step with one
+    request's drafts changed is derived from it in time linear in the depth, not in the batch (the coordinator's
+    event loop times every request of a replica's batch each step)."""
 
     query_tokens: int
     drafting_rows: tuple[int, ...]  # no trailing 0: as deep as the deepest request drafts
     requests: int
+    draft_lag_tokens: int = 0  # L_1: of the requests that draft
 
     @classmethod
-    def of(cls, ks: Sequence[int]) -> StepShape:
+    def of(cls, ks: Sequence[int], lags: Sequence[int] = ()) -> StepShape:
+        """`lags[i]`: the context request i's draft session has not seen (none given: 0)."""
         return cls(sum(ks) + len(ks), tuple(sum(k >= depth for k in ks) for depth in range(1, max(ks, default=0) + 1)),
-                   len(ks))
+                   len(ks), sum(lag for k, lag in zip(ks, lags) if k))
 
-    def with_k(self, old: int, new: int) -> StepShape:
-        """The step with one request's `old` drafts made `new`."""
+    def with_k(self, old: int, new: int, lag: int = 0) -> StepShape:
+        """The step with one request's `old` drafts made `new` (`lag`: its draft session's unseen context)."""
         rows = [(self.drafting_rows[depth - 1] if depth <= len(self.drafting_rows) else 0)
                 - (new < depth <= old) + (old < depth <= new)
                 for depth in range(1, max(len(self.drafting_rows), new) + 1)]
         while rows and not rows[-1]:
             rows.pop()
-        return StepShape(self.query_tokens + new - old, tuple(rows), self.requests)
+        return StepShape(self.query_tokens + new - old, tuple(rows), self.requests,
+                         self.draft_lag_tokens + lag * ((new > 0) - (old > 0)))
 
     def ms(self, ctx: StepContext) -> float:
         """T for the planned requests' query tokens to verify and their draft forwards (none: no draft forward),
@@ -91,9 +101,11 @@ class StepShape:
         t = load.overhead_ms + ctx.verify.predict(load.batch, load.other_tokens + self.query_tokens, load.context)
         if ctx.draft is not None and self.drafting_rows:
             t += load.draft_overhead_ms
+            lag = self.draft_lag_tokens
             for rows in self.drafting_rows:
                 rows += load.draft_batch
-                t += ctx.draft.predict(rows, rows, load.context)
+                t += ctx.draft.predict(rows, rows + lag, load.context)
+                lag = 0
         return t + split_ms(ctx, self.drafting_rows[0] if self.drafting_rows else 0, self.requests)
 
 
@@ -112,24 +124,43 @@ class Plan:
     caps: list[int]  # per request: the most drafts the SLOs allow (given the others' plan)
 
 
+@dataclass
+class _Growing:
+    """A plan being grown depth by depth (`plan`)."""
+
+    ks: list[int]
+    expected: list[float]  # E_i
+    share_ms: list[float]  # the cost of each request's last planned token: its token, its share of the forward
+    step: float  # T
+    charged: float  # T̃: the step as G charges it, feeding unseen context spread over the steps it serves
+    value: float  # Σ w_i·E_i + other yield
+
+    def copy(self) -> _Growing:
+        return _Growing(list(self.ks), list(self.expected), list(self.share_ms), self.step, self.charged, self.value)
+
+
 def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[float],
-         allowed_ms: Sequence[float], caps: Sequence[int], switch_margin: float = 0.0) -> Plan:
+         allowed_ms: Sequence[float], caps: Sequence[int], switch_margin: float = 0.0,
+         draft_lags: Sequence[int] = (), tokens_left: Sequence[int] = ()) -> Plan:
     """Choose k_i for every request (module docstring). `curves[i]`: P_i1, P_i2, … (at least caps[i] long);
-    `allowed_ms[i]`: the time per token request i may take (inf: no constraint); `caps[i]`: its room.
+    `allowed_ms[i]`: the time per token request i may take (inf: no constraint); `caps[i]`: its room;
+    `draft_lags[i]`: the context its draft session has not seen (default 0); `tokens_left[i]`: the most it may
+    still generate, over which feeding that context is spread in G (default: charged to this step alone).
 
     Depth by depth: a draft forward costs the same for one row as for several, so each depth is opened for
     the requests whose next token is worth most, as many as raise the goodput (a prefix of them, best
     first), or not at all; no deeper depth can pay where this one does not (P only falls with depth).
-    `switch_margin`: the first depth opens only if it raises the goodput by this fraction (> 0: the requests
-    were not drafting; < 0: they were), so a step near the break-even point does not flip between drafting
-    and not: each switch costs more than the model sees (a draft session to catch up, steps out of phase)."""
+    `switch_margin`: the requests draft only if that raises the goodput by this fraction (> 0: they were not
+    drafting; < 0: they were), so a step near the break-even point does not flip between drafting and not: each
+    switch costs more than the model sees (a draft session to catch up, steps out of phase). The first depth pays
+    the step's fixed costs of drafting (draft overhead, split, unseen context) alone: where it does not open on its
+    own gain, the plan that opens it for its best prefix and grows on is taken if it clears the margin."""
     n = len(curves)
     load = ctx.load
-    ks, expected = [0] * n, [1.0] * n
-    step = step_time_ms(ctx, ks)
-    value = sum(w * e for w, e in zip(weights, expected)) + load.other_yield
     token_ms = ctx.verify.per_token_ms(load.context)
-    share_ms = [token_ms] * n  # the cost of each request's last planned token: its token, its share of the forward
+    lag_ms = [_lag_ms(ctx, lag) for lag in draft_lags] + [0.0] * (n - len(draft_lags))
+    lag_charged = [ms / max(1.0, tokens_left[i] / (1.0 + curves[i][0])) if i < len(tokens_left) and curves[i] else ms
+                   for i, ms in enumerate(lag_ms)]
 
     def forward_ms(rows: int, depth: int) -> float:
         """A draft forward of `rows` planned requests at `depth` (the first also pays the draft overhead)."""
@@ -138,13 +169,13 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         rows += load.draft_batch
         return ctx.draft.predict(rows, rows, load.context) + (load.draft_overhead_ms if depth == 1 else 0.0)
 
-    def slo_allows(new_step: float, added: set[int], depth: int) -> bool:
+    def slo_allows(g: _Growing, new_step: float, added: set[int], depth: int) -> bool:
         """No request that meets its pace now is pushed past it (one already behind weighs more instead)."""
         if new_step > load.step_cap_ms:
             return False
         for m in range(n):
-            e_new = expected[m] + (curves[m][depth - 1] if m in added else 0.0)
-            if new_step / e_new > allowed_ms[m] >= step / expected[m]:
+            e_new = g.expected[m] + (curves[m][depth - 1] if m in added else 0.0)
+            if new_step / e_new > allowed_ms[m] >= g.step / g.expected[m]:
                 return False
         return True
 
@@ -152,55 +183,85 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         """What opening `depth` for m requests adds to the step (at depth 1, the split if some go without)."""
         return m * token_ms + forward_ms(m, depth) + (split_ms(ctx, m, n) if depth == 1 else 0.0)
 
-    for depth in range(1, max(caps, default=0) + 1):
-        candidates = sorted((i for i in range(n) if ks[i] == depth - 1 and caps[i] >= depth),
-                            key=lambda i: -weights[i] * curves[i][depth - 1])
-        best_m, best_goodput, gain = 0, value / step * (1.0 + (switch_margin if depth == 1 else 0.0)), 0.0
-        for m, i in enumerate(candidates, 1):
-            gain += weights[i] * curves[i][depth - 1]
-            goodput = (value + gain) / (step + added_ms(m, depth))
-            if goodput > best_goodput:
-                best_m, best_goodput = m, goodput
-        while best_m and not slo_allows(step + added_ms(best_m, depth), set(candidates[:best_m]), depth):
-            best_m -= 1  # the least valuable request of the depth goes first
-        if not best_m:
-            break
-        chosen = candidates[:best_m]
-        step += added_ms(best_m, depth)
-        for i in chosen:
-            ks[i] = depth
-            expected[i] += curves[i][depth - 1]
-            value += weights[i] * curves[i][depth - 1]
-            share_ms[i] = token_ms + forward_ms(best_m, depth) / best_m
-    goodput = value / step
-    thresholds = [goodput * share_ms[i] / weights[i] for i in range(n)]
+    def grow(g: _Growing, first_margin: float | None) -> _Growing:
+        """Open depths while they raise the goodput; the first only by `first_margin` more (None: the first opens
+        for its best prefix of requests whatever it gains alone)."""
+        for depth in range(1, max(caps, default=0) + 1):
+            candidates = sorted((i for i in range(n) if g.ks[i] == depth - 1 and caps[i] >= depth),
+                                key=lambda i: -weights[i] * curves[i][depth - 1])
+            # what feeding the unseen context of the first m candidates adds: to the step, and as G charges it
+            fed = fed_charged = [0.0] * (len(candidates) + 1)
+            if depth == 1:
+                fed = [0.0, *itertools.accumulate(lag_ms[i] for i in candidates)]
+                fed_charged = [0.0, *itertools.accumulate(lag_charged[i] for i in candidates)]
+            margin = first_margin if depth == 1 else 0.0
+            best_m, best_goodput, gain = 0, -math.inf if margin is None else g.value / g.charged * (1.0 + margin), 0.0
+            for m, i in enumerate(candidates, 1):
+                gain += weights[i] * curves[i][depth - 1]
+                goodput = (g.value + gain) / (g.charged + added_ms(m, depth) + fed_charged[m])
+                if goodput > best_goodput:
+                    best_m, best_goodput = m, goodput
+            while best_m and not slo_allows(g, g.step + added_ms(best_m, depth) + fed[best_m],
+                                            set(candidates[:best_m]), depth):
+                best_m -= 1  # the least valuable request of the depth goes first
+            if not best_m:
+                break
+            g.step += added_ms(best_m, depth) + fed[best_m]
+            g.charged += added_ms(best_m, depth) + fed_charged[best_m]
+            for i in candidates[:best_m]:
+                g.ks[i] = depth
+                g.expected[i] += curves[i][depth - 1]
+                g.value += weights[i] * curves[i][depth - 1]
+                g.share_ms[i] = token_ms + forward_ms(best_m, depth) / best_m
+        return g
+
+    step = step_time_ms(ctx, [0] * n)
+    plain = _Growing([0] * n, [1.0] * n, [token_ms] * n, step, step, sum(weights) + load.other_yield)
+    g = grow(plain.copy(), switch_margin)
+    if not any(g.ks):
+        # The first depth pays drafting's fixed costs (the draft overhead, the split, unseen context) alone, and may
+        # not pay them where the depths after it would: the plan that opens it whatever, against not drafting.
+        opened = grow(plain.copy(), None)
+        if opened.value / opened.charged > plain.value / plain.charged * (1.0 + switch_margin):
+            g = opened
+    ks, goodput = g.ks, g.value / g.charged
+    thresholds = [goodput * g.share_ms[i] / weights[i] for i in range(n)]
     # Past the deepest planned depth a draft costs a forward of its own, which the whole step waits for: only a
     # request alone in its step may go there on live confidence, and only if a certain token (P = 1) would be
     # worth that.
     deepest = max(ks, default=0)
-    alone_ms = token_ms + forward_ms(1, deepest + 1)
+    alone_ms = token_ms + forward_ms(1, deepest + 1) + (lag_charged[0] if n == 1 and not deepest else 0.0)
     alone = load.batch == 1 and goodput * alone_ms / weights[0] < 1.0 if n == 1 else False
-    limits = _slo_caps(ctx, ks, caps, allowed_ms, expected, step)
+    limits = _slo_caps(ctx, ks, caps, allowed_ms, g.expected, g.step, list(draft_lags) + [0] * (n - len(draft_lags)))
     limits = [lim if alone else min(lim, deepest) for lim in limits]
-    return Plan(ks, step, goodput, thresholds, limits)
+    return Plan(ks, g.step, goodput, thresholds, limits)
+
+
+def _lag_ms(ctx: StepContext, lag: int) -> float:
+    """What feeding `lag` unseen tokens adds to a request's first draft forward."""
+    if ctx.draft is None or lag <= 0:
+        return 0.0
+    rows = 1 + ctx.load.draft_batch
+    return max(0.0, ctx.draft.predict(rows, rows + lag, ctx.load.context) - ctx.draft.predict(rows, rows,
+                                                                                            ctx.load.context))
 
 
 def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: Sequence[float],
-              expected: list[float], step: float) -> list[int]:
+              expected: list[float], step: float, lags: Sequence[int]) -> list[int]:
     """Per request i, the most drafts it may take, the others keeping their plan, before the step outgrows an SLO
     of another request (its own gains from them). Linear in the requests (each step plans a replica's whole batch,
     up to hundreds of requests, on the coordinator's event loop): the others' tightest SLO is one of the two
     tightest of all, and a step with one request's drafts raised is timed from the plan's drafting rows."""
     tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
                                    if step / expected[m] <= allowed_ms[m]))
-    shape = StepShape.of(ks)
+    shape = StepShape.of(ks, lags)
     limits = []
     for i, cap in enumerate(caps):
         limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
         k = ks[i] if not math.isinf(limit) else cap
         while k < cap:
             k += 1
-            if shape.with_k(ks[i], k).ms(ctx) > limit:
+            if shape.with_k(ks[i], k, lags[i]).ms(ctx) > limit:
                 k -= 1
                 break
         limits.append(k)

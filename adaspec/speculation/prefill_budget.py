@@ -6,14 +6,19 @@ prompts at once — 2048 tokens, `max_num_batched_tokens` — stalls every decod
 breaks a tight TPOT SLO by itself. Sarathi-Serve's answer is a fixed token budget per step; here the budget comes
 from the SLOs and the latency profile, per step:
 
-    X_i = m·s_i·n_i − e_i       (its slack now, m·s_i·(n_i − 1) − e_i, and this token's own m·s_i)
+    X_i = E_i · (m·s_i + (m·s_i·(n_i − 1) − e_i) / r_i)
 
-is the longest step decoding request i can take now and keep its running TPOT within m = 85 % of its SLO s_i (n_i
-tokens out, e_i since its first; a request that can no longer meet its SLO, or has none, sets no bound). The
-margin is for what the engine does not see of a token's time (the hop to the coordinator and back, the wait for a
-batch to gather): steps sized to the SLO itself came out a few ms over it, token after token. Only the slack it
-has earned counts: a bound that banked on its coming steps being plain let a fresh request take a 180 ms step of
-prompts at once, and the steps that followed, with the new requests decoding, were not plain.
+is the longest step decoding request i can take now and keep its TPOT within m = 85 % of its SLO s_i at its end:
+per token it is expected to commit in the step (E_i: 1 for a plain step, more with drafts), its own token's
+allowance m·s_i and its slack (n_i tokens out, e_i since its first) spread over the r_i tokens it has left, so
+that such steps until its end bring its TPOT to m·s_i exactly. Behind its pace (negative slack) it catches up the
+same way. A request that can no longer meet its SLO, or has none, sets no bound. The margin is for what the
+engine does not see of a token's time (the hop to the coordinator and back, the wait for a batch to gather):
+steps sized to the SLO itself came out a few ms over it, token after token. Two earlier bounds let one step take
+far more than a token's time, and a burst of prompts prefilled in it stalled the requests decoding for
+100-250 ms: one counted what the request's next tokens would win back at the plain step's pace, the other
+(X_i = m·s_i·n_i − e_i) spent all of a request's slack at once. Without E_i, steps that verify drafts (longer,
+and worth several tokens) left prompts the minimum, and past saturation prompts queued.
 
 The step's prompt tokens are the most whose predicted forward stays within min_i X_i, never fewer than
 `MIN_PROMPT_TOKENS` (prompts always progress) nor than the waiting prompts need to meet their TTFT SLOs: prompt j,
@@ -42,27 +47,29 @@ class WaitingPrompt:
     ttft_left_ms: float = math.inf  # before its TTFT deadline (inf: no TTFT SLO)
 
 
-def longest_step_ms(request: RequestState) -> float:
-    """X_i (module docstring): the longest step `request` can take now and keep its running TPOT within its SLO,
-    less the margin; inf when it sets no bound (no SLO, no first token yet, no token left, or its SLO lost
-    whatever happens)."""
-    s, e = request.tpot_slo_s, request.since_first_token_s
-    if s is None or e is None or request.remaining_tokens < 1:
+def longest_step_ms(request: RequestState, step_tokens: float = 1.0) -> float:
+    """X_i (module docstring): the longest step `request` can take now, committing `step_tokens` (E_i), and keep
+    its TPOT within its SLO at its end, less the margin; inf when it sets no bound (no SLO, no first token yet, no
+    token left, or its SLO lost whatever happens)."""
+    s, e, left = request.tpot_slo_s, request.since_first_token_s, request.remaining_tokens
+    if s is None or e is None or left < 1:
         return math.inf
-    final_tokens = request.output_tokens + request.remaining_tokens
-    if s * (final_tokens - 1) - e <= 0:
+    if s * (request.output_tokens + left - 1) - e <= 0:
         return math.inf
-    return (SLO_MARGIN * s * request.output_tokens - e) * 1e3
+    allowance = SLO_MARGIN * s
+    return step_tokens * (allowance + (allowance * (request.output_tokens - 1) - e) / left) * 1e3
 
 
 def prompt_token_budget(verify: LatencyModel, decoding: Sequence[RequestState], *, batch: int, query_tokens: int,
                         context: float, overhead_ms: float, prompts: Sequence[WaitingPrompt],
-                        max_tokens: int) -> int:
+                        max_tokens: int, step_tokens: Sequence[float] = ()) -> int:
     """The prompt tokens this step may carry (module docstring), at most `max_tokens`. `batch`, `query_tokens`,
-    `context`: the step's decoding rows (sequences, their query tokens, their mean context) without prompts."""
+    `context`: the step's decoding rows (sequences, their query tokens, their mean context) without prompts;
+    `step_tokens[i]`: the tokens `decoding[i]` is expected to commit in the step (E_i; 1 when not given)."""
     if max_tokens <= 0 or not prompts:
         return max(0, max_tokens)
-    cap_ms = min((longest_step_ms(r) for r in decoding), default=math.inf)
+    tokens = list(step_tokens) + [1.0] * (len(decoding) - len(step_tokens))
+    cap_ms = min((longest_step_ms(r, e) for r, e in zip(decoding, tokens)), default=math.inf)
     if math.isinf(cap_ms):
         return max_tokens
 

@@ -28,6 +28,9 @@ class RequestState:
     since_first_token_s: float | None = None  # None before the first token
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    # context its draft session has not seen, beyond the one token every draft step feeds (a fresh session: the
+    # prompt and what came since; after a stretch at k = 0: the tokens committed meanwhile)
+    draft_lag_tokens: int = 0
     acceptance: RequestAcceptance = field(default_factory=RequestAcceptance)
     memo: dict = field(default_factory=dict)  # what a policy keeps about this request between steps
 

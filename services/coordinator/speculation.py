@@ -27,7 +27,8 @@ sessions of the replica (other policies, other coordinators) are its load, as in
 this coordinator's requests outside the group cap the step.
 
 Tokens committed while a request drafts nothing are kept (`CatchUp`) and sent with its next draft step,
-so a step at k = 0 never waits for the draft replica.
+so a step at k = 0 never waits for the draft replica; the request's state tells its policy how many the draft
+session will be fed then (all of its context before its first draft step: `RequestState.draft_lag_tokens`).
 """
 
 from __future__ import annotations
@@ -80,10 +81,11 @@ class PlannedForwards:
     ctx: StepContext  # the step, overheads zeroed
     shape: StepShape  # the planned requests' budgets
     budget: int  # this request's
+    lag: int  # the context its draft session had not seen
 
     def ms(self, drafted: int) -> float:
         """The step's forward time with this request's `drafted` drafts and the others' budgets."""
-        return self.shape.with_k(self.budget, drafted).ms(self.ctx)
+        return self.shape.with_k(self.budget, drafted, self.lag).ms(self.ctx)
 
 
 @dataclass
@@ -95,10 +97,11 @@ class JointPlan:
     shape: StepShape = field(init=False)  # of the budgets
 
     def __post_init__(self):
-        self.shape = StepShape.of([b.max_tokens for b in self.budgets.values()])
+        self.shape = StepShape.of([b.max_tokens for b in self.budgets.values()],
+                                  [r.state.draft_lag_tokens for r in self.budgets])
 
     def forwards(self, asking: RequestSpeculation) -> PlannedForwards:
-        return PlannedForwards(self.ctx, self.shape, self.budgets[asking].max_tokens)
+        return PlannedForwards(self.ctx, self.shape, self.budgets[asking].max_tokens, asking.state.draft_lag_tokens)
 
 
 class Steps:
@@ -193,6 +196,7 @@ class RequestSpeculation:
         self.asked_at: float | None = None  # when the current step's budget was given
         self.forwards: PlannedForwards | None = None  # the current step's forwards (None: no latency model)
         self.drafting_steps = 0  # the first also prefills the draft session: it is not a fair sample
+        self.draft_fed = False  # the draft session has had a step (before it, it has seen nothing but its open)
 
     def on_verify(self, replica_id: str | None) -> None:
         """The request now runs on this verify replica (None: on none)."""
@@ -233,8 +237,9 @@ class RequestSpeculation:
         else:  # a rule of its own per request: itself alone, the replica's step its load
             ctx = self.context([self])
             budget = self.policy.budgets([self.state], ctx or self._no_load())[0]
+            lag = self.state.draft_lag_tokens
             self.forwards = None if ctx is None else PlannedForwards(without_overheads(ctx), StepShape.of(
-                [budget.max_tokens]), budget.max_tokens)
+                [budget.max_tokens], [lag]), budget.max_tokens, lag)
             self.expect(budget.max_tokens)
         return budget.capped(min(room, self.steps.max_spec_len))
 
@@ -286,12 +291,18 @@ class RequestSpeculation:
     def take_catch_up(self) -> CatchUp:
         """What the next draft step carries; the draft session's drafts are then outstanding."""
         catch_up, self.catch_up = self.catch_up, CatchUp(num_accepted=None)
+        self.draft_fed = True
         return catch_up
 
     def update(self, now: float) -> None:
         self.state.remaining_tokens = self.max_tokens - self.state.output_tokens
         self.state.since_arrival_s = now - self.start
         self.state.since_first_token_s = None if self.first_token is None else now - self.first_token
+        # the draft session prefills its prompt at its first step; later steps feed what it was not sent since
+        # (its accepted drafts it has already)
+        unseen = (len(self.catch_up.token_ids) - (self.catch_up.num_accepted or 0) if self.draft_fed
+                  else self.state.context_tokens)
+        self.state.draft_lag_tokens = max(0, unseen - 1)
 
     def close(self) -> None:
         self.on_verify(None)

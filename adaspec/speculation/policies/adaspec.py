@@ -33,7 +33,9 @@ class AdaSpec(Policy):
         drafting = sum(r.memo.get("drafting", False) for r in requests) * 2 >= len(requests)
         return plan(ctx, curves, [slo_weight(r.pace()) for r in requests], [r.allowed_token_ms() for r in requests],
                     [min(k, max(0, r.remaining_tokens - 1)) for r in requests],
-                    switch_margin=-SWITCH_MARGIN if drafting else SWITCH_MARGIN)
+                    switch_margin=-SWITCH_MARGIN if drafting else SWITCH_MARGIN,
+                    draft_lags=[r.draft_lag_tokens for r in requests],
+                    tokens_left=[r.remaining_tokens for r in requests])
 
     def budgets(self, requests: Sequence[RequestState], ctx: StepContext) -> list[DraftBudget]:
         p = self.plan(requests, ctx)
