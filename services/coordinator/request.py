@@ -122,7 +122,8 @@ class Session:
                     await self.call.done_writing()
         finally:  # also when cancelled while half-closing
             self.call.cancel()  # no-op once the server has ended the call
-            await self.router.release(self.replica, self.lease_id)
+            # shielded: a second cancel landing in the store's round trip would leave the lease held until it expires
+            await asyncio.shield(self.router.release(self.replica, self.lease_id))
 
 
 class RequestRun:
