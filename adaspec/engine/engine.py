@@ -204,9 +204,10 @@ class Engine:
         """Advance every running request by one speculative step; returns the requests that finished."""
         start = time.perf_counter()
         decoding = self.scheduler.decoding()
-        budgets, ctx = self._plan(decoding)
+        prompts = self._waiting_prompts()
+        budgets, ctx = self._plan(decoding, prompts)
         spent = sum(b.max_tokens + 1 for b in budgets)
-        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent, step_tokens=lambda: [
+        prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent, prompts, lambda: [
             self.planner.expected_step_tokens(s, b.max_tokens) for s, b in zip(decoding, budgets)]))
         drafts = self._propose(decoding, budgets)
         drafted = time.perf_counter()
@@ -220,22 +221,22 @@ class Engine:
             (verified - drafted) * 1e3, verify_shape))
         return finished
 
-    def _plan(self, decoding: list[Sequence]):
-        """Each decoding request's draft budget from its policy, capped by the room it has left."""
+    def _plan(self, decoding: list[Sequence], prompts: list[WaitingPrompt]):
+        """Each decoding request's draft budget from its policy, capped by the room it has left (`prompts`: the
+        step's `_waiting_prompts()`)."""
         if self.drafter is not None:  # the draft cache fills at a request's first draft step, and catches up after
             blocks = self.drafter.blocks
             for seq in decoding:
                 cached = blocks.num_tokens(seq.seq_id) if seq.seq_id in blocks else 0
                 seq.request_state.draft_lag_tokens = max(0, len(seq.token_ids) - cached - 1)
-        budgets, ctx = self.planner.budgets(decoding, self._step_load(decoding))
+        budgets, ctx = self.planner.budgets(decoding, self._step_load(decoding, prompts))
         return [self._budget(seq, b) for seq, b in zip(decoding, budgets)], ctx
 
-    def _step_load(self, decoding: list[Sequence]) -> StepLoad:
+    def _step_load(self, decoding: list[Sequence], prompts: list[WaitingPrompt]) -> StepLoad:
         """The step as the policies see it: the decoding batch, and the prompt chunks expected to join it."""
         blocks = self.target_runner.kv_cache.blocks
         prefilling = [s for s in self.scheduler.running if s.status is SequenceStatus.PREFILLING]
         prompt_tokens = sum(len(s.token_ids) - blocks.num_tokens(s.seq_id) for s in prefilling)
-        prompts = self._waiting_prompts()
         if prompt_tokens:  # what the chunk budget will let in, before drafts take their share
             prompt_tokens = min(prompt_tokens, max(0, self._prompt_budget(decoding, decoding, len(decoding), prompts)))
         return StepLoad(batch=len(decoding) + len(prefilling), other_tokens=prompt_tokens,

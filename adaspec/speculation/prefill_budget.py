@@ -68,8 +68,8 @@ def prompt_token_budget(verify: LatencyModel, decoding: Sequence[RequestState], 
     `step_tokens[i]`: the tokens `decoding[i]` is expected to commit in the step (E_i; 1 when not given)."""
     if max_tokens <= 0 or not prompts:
         return max(0, max_tokens)
-    tokens = list(step_tokens) + [1.0] * (len(decoding) - len(step_tokens))
-    cap_ms = min((longest_step_ms(r, e) for r, e in zip(decoding, tokens)), default=math.inf)
+    expected = list(step_tokens) + [1.0] * (len(decoding) - len(step_tokens))
+    cap_ms = min((longest_step_ms(r, e) for r, e in zip(decoding, expected)), default=math.inf)
     if math.isinf(cap_ms):
         return max_tokens
 
