@@ -26,7 +26,7 @@ from adaspec.speculation.latency_profile import (
 from adaspec.speculation.policies import make_policy
 from adaspec.speculation.policies.adaspec import AdaSpec
 from adaspec.speculation.routing import ReplicaView, predict, rank
-from adaspec.speculation.step_state import RequestState, StepContext, StepLoad
+from adaspec.speculation.step_state import SLO_MARGIN, RequestState, StepContext, StepLoad
 
 # A machine where a verify forward costs 4 ms + 0.08 ms a token, a draft forward 1.2 ms: speculation pays alone
 # and stops paying as the batch grows.
@@ -192,10 +192,40 @@ def test_a_k_that_would_break_a_requests_slo_is_not_chosen():
     tight = request(tpot_slo_s=0.0055, since_first_token_s=0.0, output_tokens=1, remaining_tokens=50)
     shared = AdaSpec().plan([easy, tight], context(2))
     assert alone.ks[0] >= 3
-    assert shared.step_ms <= 5.5 * (1 + (shared.ks[1] and 0.9))  # the tight request's allowed time per token
-    assert step_time_ms(context(2), [shared.caps[0], shared.ks[1]]) <= tight.allowed_token_ms() * (
+    # the tight request's allowed time per token, within the margin the plans keep
+    assert shared.step_ms <= SLO_MARGIN * 5.5 * (1 + (shared.ks[1] and 0.9))
+    assert step_time_ms(context(2), [shared.caps[0], shared.ks[1]]) <= tight.allowed_token_ms(SLO_MARGIN) * (
         1 + sum(geometric_curve(0.7, shared.ks[1])))  # nor does drafting on live confidence up to the cap
     assert shared.ks[0] < alone.ks[0]
+
+
+def test_the_allowed_time_per_token_keeps_the_margin_and_a_lost_cause_sets_none():
+    """20 tokens out in 380 ms (20 ms a token) of 40 at 25 ms: the SLO leaves (25·39 − 380) / 20 = 29.75 ms a token,
+    the margin (0.85·25·39 − 380) / 20 = 22.44; a request already behind the margin's pace gets 0 (it weighs
+    more in a plan instead), and one that can no longer meet its SLO at all sets no bound."""
+    r = request(tpot_slo_s=0.025, since_first_token_s=0.380, output_tokens=20, remaining_tokens=20)
+    assert r.allowed_token_ms() == pytest.approx(29.75)
+    assert r.allowed_token_ms(SLO_MARGIN) == pytest.approx((SLO_MARGIN * 25 * 39 - 380) / 20)
+    behind = request(tpot_slo_s=0.025, since_first_token_s=0.900, output_tokens=20, remaining_tokens=20)
+    assert behind.allowed_token_ms(SLO_MARGIN) == 0.0 and behind.allowed_token_ms() == pytest.approx(3.75)
+    lost = request(tpot_slo_s=0.025, since_first_token_s=1.0, output_tokens=20, remaining_tokens=20)
+    assert math.isinf(lost.allowed_token_ms()) and math.isinf(lost.allowed_token_ms(SLO_MARGIN))
+
+
+def test_the_slo_checks_time_a_drafting_step_at_the_tail_of_its_cost_and_the_goodput_at_its_mean():
+    """Drafting's fixed cost is 1 ms on average and 30 ms one step in ten: a request whose SLO leaves 6.8 ms a token
+    drafts on the mean's account, but not where one step at the tail would break its SLO; one without an SLO drafts
+    alike whatever the tail, and so does the tight one where the tail is known to be no worse than the mean."""
+    def ks(tail_ms: float, **slo) -> list[int]:
+        r = with_acceptance(0.95)
+        if slo:
+            r.tpot_slo_s, r.since_first_token_s, r.output_tokens, r.remaining_tokens = 0.008, 0.0, 1, 50
+        ctx = context(1, draft_overhead_ms=1.0, draft_overhead_tail_ms=tail_ms)
+        return AdaSpec().plan([r], ctx).ks
+
+    assert ks(0.0, slo=True)[0] >= 2 and ks(1.0, slo=True)[0] >= 2
+    assert ks(30.0, slo=True) == [0]
+    assert ks(30.0) == ks(1.0) and ks(1.0)[0] >= 2
 
 
 def test_a_prompt_waiting_for_its_first_token_caps_the_step():
@@ -384,6 +414,25 @@ def test_a_fresh_draft_sessions_prompt_is_charged_over_the_steps_it_serves_and_w
     assert plan(0, 4).ks[0] >= 2 and plan(2000, 4).ks[0] == 0
     cap = plan(0, 300).step_ms + 5.0
     assert plan(0, 300, step_cap_ms=cap).ks[0] >= 2 and plan(2000, 300, step_cap_ms=cap).ks[0] == 0
+
+
+def test_a_request_behind_its_slo_does_not_draft_where_its_own_drafts_make_it_slower():
+    """A request already behind the margin's pace (a plain step takes longer than the 3.4 ms a token its SLO leaves)
+    weighs more and is never a veto on the others' drafts; but its own drafts over a fresh 2000-token prompt, charged
+    spread in G, would make this step 40 ms longer and its token slower still: it does not draft until its draft
+    session has little left to see; one without an SLO does."""
+    def ks(lag: int, **slo) -> list[int]:
+        r = with_acceptance(0.9)
+        r.draft_lag_tokens, r.remaining_tokens = lag, 300
+        if slo:
+            r.tpot_slo_s, r.since_first_token_s, r.output_tokens = 0.004, 0.0, 1
+        return AdaSpec().plan([r], context(1)).ks
+
+    behind = with_acceptance(0.9)
+    behind.tpot_slo_s, behind.since_first_token_s, behind.output_tokens, behind.remaining_tokens = 0.004, 0.0, 1, 300
+    assert behind.allowed_token_ms(SLO_MARGIN) < step_time_ms(context(1), [0])
+    assert ks(2000)[0] >= 2 and ks(2000, slo=True) == [0]
+    assert ks(0, slo=True)[0] >= 2
 
 
 def test_drafting_starts_where_the_depths_together_pay_its_fixed_costs_though_the_first_alone_does_not():

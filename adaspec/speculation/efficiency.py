@@ -20,7 +20,9 @@ session what it has not seen is paid once and serves every step the request draf
 over the steps the request has left (the SLO checks see the whole of it, the step being that long). Weights w_i favour
 requests behind their TPOT SLO and discount those comfortably ahead. A token is not added if the step
 would then push a request that keeps its pace now past it (T / E_m above its allowed time per token: a
-request already behind gets its weight, not a veto), nor past `step_cap_ms`.
+request already behind gets its weight, not a veto, unless the token is its own and makes it slower on average),
+nor past `step_cap_ms`; these two checks time a step that drafts with the draft overhead at its tail
+(`StepLoad.draft_overhead_tail_ms`), G with its mean.
 
 The plan also yields what the drafter needs to decide on live confidences: each request's threshold on
 P_j (the cost of its last planned token, its own verification plus its share of the draft forward, in the
@@ -161,6 +163,7 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
     lag_ms = [_lag_ms(ctx, lag) for lag in draft_lags] + [0.0] * (n - len(draft_lags))
     lag_charged = [ms / max(1.0, tokens_left[i] / (1.0 + curves[i][0])) if i < len(tokens_left) and curves[i] else ms
                    for i, ms in enumerate(lag_ms)]
+    tail_ms = max(0.0, load.draft_overhead_tail_ms - load.draft_overhead_ms) if ctx.draft is not None else 0.0
 
     def forward_ms(rows: int, depth: int) -> float:
         """A draft forward of `rows` planned requests at `depth` (the first also pays the draft overhead)."""
@@ -170,12 +173,17 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         return ctx.draft.predict(rows, rows, load.context) + (load.draft_overhead_ms if depth == 1 else 0.0)
 
     def slo_allows(g: _Growing, new_step: float, added: set[int], depth: int) -> bool:
-        """No request that meets its pace now is pushed past it (one already behind weighs more instead)."""
-        if new_step > load.step_cap_ms:
+        """No request that meets its pace now is pushed past it, the step that drafts timed at the tail of its cost
+        (one already behind weighs more instead); none already behind drafts where its own drafts make it slower, on
+        average (it has to catch up in expectation)."""
+        if new_step + tail_ms > load.step_cap_ms:
             return False
         for m in range(n):
             e_new = g.expected[m] + (curves[m][depth - 1] if m in added else 0.0)
-            if new_step / e_new > allowed_ms[m] >= g.step / g.expected[m]:
+            now_ms = g.step / g.expected[m]
+            if (new_step + tail_ms) / e_new > allowed_ms[m] >= now_ms:
+                return False
+            if m in added and allowed_ms[m] < now_ms < new_step / e_new:
                 return False
         return True
 
@@ -232,7 +240,8 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
     deepest = max(ks, default=0)
     alone_ms = token_ms + forward_ms(1, deepest + 1) + (lag_charged[0] if n == 1 and not deepest else 0.0)
     alone = load.batch == 1 and goodput * alone_ms / weights[0] < 1.0 if n == 1 else False
-    limits = _slo_caps(ctx, ks, caps, allowed_ms, g.expected, g.step, list(draft_lags) + [0] * (n - len(draft_lags)))
+    limits = _slo_caps(ctx, ks, caps, allowed_ms, g.expected, g.step, list(draft_lags) + [0] * (n - len(draft_lags)),
+                       tail_ms)
     limits = [lim if alone else min(lim, deepest) for lim in limits]
     return Plan(ks, g.step, goodput, thresholds, limits)
 
@@ -247,11 +256,12 @@ def _lag_ms(ctx: StepContext, lag: int) -> float:
 
 
 def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: Sequence[float],
-              expected: list[float], step: float, lags: Sequence[int]) -> list[int]:
-    """Per request i, the most drafts it may take, the others keeping their plan, before the step outgrows an SLO
-    of another request (its own gains from them). Linear in the requests (each step plans a replica's whole batch,
-    up to hundreds of requests, on the coordinator's event loop): the others' tightest SLO is one of the two
-    tightest of all, and a step with one request's drafts raised is timed from the plan's drafting rows."""
+              expected: list[float], step: float, lags: Sequence[int], tail_ms: float) -> list[int]:
+    """Per request i, the most drafts it may take, the others keeping their plan, before the step (drafting, at the
+    tail of its cost: `tail_ms` more) outgrows an SLO of another request (its own gains from them). Linear in the
+    requests (each step plans a replica's whole batch, up to hundreds of requests, on the coordinator's event loop):
+    the others' tightest SLO is one of the two tightest of all, and a step with one request's drafts raised is timed
+    from the plan's drafting rows."""
     tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
                                    if step / expected[m] <= allowed_ms[m]))
     shape = StepShape.of(ks, lags)
@@ -261,7 +271,7 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
         k = ks[i] if not math.isinf(limit) else cap
         while k < cap:
             k += 1
-            if shape.with_k(ks[i], k, lags[i]).ms(ctx) > limit:
+            if shape.with_k(ks[i], k, lags[i]).ms(ctx) + tail_ms > limit:
                 k -= 1
                 break
         limits.append(k)

@@ -33,10 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaspec.speculation.latency_profile import LatencyModel
-from adaspec.speculation.step_state import RequestState
+from adaspec.speculation.step_state import SLO_MARGIN, RequestState
 
 MIN_PROMPT_TOKENS = 32
-SLO_MARGIN = 0.85  # m: steps aim at this share of a TPOT SLO
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from adaspec.speculation.acceptance import AcceptanceCalibrator, RequestAcceptan
 from adaspec.speculation.latency_profile import LatencyModel
 
 MIN_TOKENS_FOR_PACE = 4  # a request's running TPOT says little before this many tokens
+# m: the share of a TPOT SLO that plans and prompt chunks aim at, for what they do not see of a token's time (the hop
+# to the coordinator and back, the wait for a batch to gather) and for the latency model's error on a step
+SLO_MARGIN = 0.85
 
 
 @dataclass
@@ -41,14 +44,17 @@ class RequestState:
             return None
         return self.since_first_token_s / (self.output_tokens - 1)
 
-    def allowed_token_ms(self) -> float:
-        """The mean time per token the rest of the request may take and still meet its TPOT SLO (inf without one,
-        or when it can no longer be met whatever happens: a lost cause does not constrain the others)."""
+    def allowed_token_ms(self, margin: float = 1.0) -> float:
+        """The mean time per token the rest of the request may take and still bring its TPOT within `margin` of its
+        SLO (inf without one, or when the SLO itself can no longer be met whatever happens: a lost cause does not
+        constrain the others; 0 for a request behind the margin's pace but not lost)."""
         if self.tpot_slo_s is None or self.since_first_token_s is None or self.remaining_tokens < 1:
             return math.inf
         final_tokens = self.output_tokens + self.remaining_tokens
-        budget_s = self.tpot_slo_s * (final_tokens - 1) - self.since_first_token_s
-        return budget_s * 1e3 / self.remaining_tokens if budget_s > 0 else math.inf
+        if self.tpot_slo_s * (final_tokens - 1) - self.since_first_token_s <= 0:
+            return math.inf
+        budget_s = margin * self.tpot_slo_s * (final_tokens - 1) - self.since_first_token_s
+        return max(0.0, budget_s) * 1e3 / self.remaining_tokens
 
     def pace(self) -> float:
         """Running TPOT over its SLO: > 1 behind, < 1 ahead; 1 without an SLO or before it can be told."""
@@ -69,6 +75,9 @@ class StepLoad:
     draft_batch: int = 0  # other sequences drafting on the draft replica
     overhead_ms: float = 0.0  # step time outside the forwards (network, scheduling), measured
     draft_overhead_ms: float = 0.0  # paid once more by a step that drafts at all (a draft replica's round trip)
+    # the same at its tail (e.g. its 90th percentile; below the mean: none known): the SLO checks see it, the goodput
+    # the mean (a short request has too few tokens to make up for one long step)
+    draft_overhead_tail_ms: float = 0.0
     step_cap_ms: float = math.inf  # the longest step other requests' SLOs allow (TTFT of prompts, TPOT of others)
     # Planned requests that draft nothing do not wait for those that draft: their steps go ahead in a verify forward
     # of their own (the services). In the engine every request of a step waits for its drafts: False.

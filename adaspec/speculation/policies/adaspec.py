@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.efficiency import Plan, geometric_curve, plan, slo_weight
 from adaspec.speculation.policies.base import Policy
-from adaspec.speculation.step_state import RequestState, StepContext
+from adaspec.speculation.step_state import SLO_MARGIN, RequestState, StepContext
 
 SWITCH_MARGIN = 0.05  # hysteresis between drafting and not (efficiency.plan)
 
@@ -31,7 +31,8 @@ class AdaSpec(Policy):
             prior = ctx.calibrator.mean_acceptance(r.greedy)
             curves.append(geometric_curve(r.acceptance.rate(prior), k))
         drafting = sum(r.memo.get("drafting", False) for r in requests) * 2 >= len(requests)
-        return plan(ctx, curves, [slo_weight(r.pace()) for r in requests], [r.allowed_token_ms() for r in requests],
+        return plan(ctx, curves, [slo_weight(r.pace()) for r in requests],
+                    [r.allowed_token_ms(SLO_MARGIN) for r in requests],
                     [min(k, max(0, r.remaining_tokens - 1)) for r in requests],
                     switch_margin=-SWITCH_MARGIN if drafting else SWITCH_MARGIN,
                     draft_lags=[r.draft_lag_tokens for r in requests],
