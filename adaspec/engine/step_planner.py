@@ -108,7 +108,7 @@ class StepPlanner:
         if confidences:
             curve = state.acceptance.curve(self.calibrator.curve(greedy))
             return expected_tokens([curve(c) for c in confidences])
-        return expected_tokens(geometric_curve(state.acceptance.rate(self.calibrator.mean_acceptance(greedy)), drafts))
+        return expected_tokens(geometric_curve(state.acceptance_rate(self.calibrator), drafts))
 
     def learn(self, seqs: list[Sequence], ctx: StepContext, confidences: list[list[float]], accepted: list[int],
               timings: StepTimings) -> None:

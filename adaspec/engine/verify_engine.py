@@ -124,9 +124,8 @@ class VerifyEngine(Engine):
         # every decoding session's SLO bounds the prompt chunk, those waiting for drafts too (they step next, one
         # token or more: counted as one); a session verifying drafts may take a step as long as the tokens it
         # expects from them
-        confidences = {s.seq_id: p.confidences[: len(p.token_ids)] for s, p in zip(ready, proposals)}
-        budget = self._prompt_budget(decoding, ready, spent, step_tokens=lambda: [
-            self.planner.expected_step_tokens(s, confidences=confidences.get(s.seq_id)) for s in decoding])
+        budget = self._prompt_budget(decoding, ready, spent,
+                                     step_tokens=lambda: self._step_tokens(decoding, ready, proposals))
         prefills = self.scheduler.schedule_prefills(budget)
         if log.isEnabledFor(logging.DEBUG):  # what a long step carried: drafts, or prompts within what budget
             log.debug("verify step", extra={"decoding": len(decoding), "ready": len(ready), "query_tokens": spent,
@@ -151,6 +150,13 @@ class VerifyEngine(Engine):
     def _finish(self, seq: Sequence, reason: str) -> None:
         super()._finish(seq, reason)
         self._proposals.pop(seq.seq_id, None)  # a step sent ahead of the final one
+
+    def _step_tokens(self, decoding: list[Sequence], ready: list[Sequence],
+                     proposals: list[Proposal]) -> list[float]:
+        """The tokens each decoding session is expected to commit in the step: from its drafts' confidences if it
+        verifies drafts, else one (asked only when prompts wait)."""
+        confidences = {s.seq_id: p.confidences[: len(p.token_ids)] for s, p in zip(ready, proposals)}
+        return [self.planner.expected_step_tokens(s, confidences=confidences.get(s.seq_id)) for s in decoding]
 
     def _next_proposal(self, seq_id: int) -> Proposal:
         queued = self._proposals[seq_id]

@@ -49,14 +49,9 @@ class WaitingPrompt:
 def longest_step_ms(request: RequestState, step_tokens: float = 1.0) -> float:
     """X_i (module docstring): the longest step `request` can take now, committing `step_tokens` (E_i), and keep
     its TPOT within its SLO at its end, less the margin; inf when it sets no bound (no SLO, no first token yet, no
-    token left, or its SLO lost whatever happens)."""
-    s, e, left = request.tpot_slo_s, request.since_first_token_s, request.remaining_tokens
-    if s is None or e is None or left < 1:
-        return math.inf
-    if s * (request.output_tokens + left - 1) - e <= 0:
-        return math.inf
-    allowance = SLO_MARGIN * s
-    return step_tokens * (allowance + (allowance * (request.output_tokens - 1) - e) / left) * 1e3
+    token left, or its SLO lost whatever happens), 0 when it is behind the margin's pace. m·s_i + (m·s_i·(n_i − 1)
+    − e_i) / r_i is the time per token the request's tokens left may take (`RequestState.allowed_token_ms`)."""
+    return step_tokens * request.allowed_token_ms(SLO_MARGIN)
 
 
 def prompt_token_budget(verify: LatencyModel, decoding: Sequence[RequestState], *, batch: int, query_tokens: int,

@@ -56,6 +56,10 @@ class RequestState:
         budget_s = margin * self.tpot_slo_s * (final_tokens - 1) - self.since_first_token_s
         return max(0.0, budget_s) * 1e3 / self.remaining_tokens
 
+    def acceptance_rate(self, calibrator: AcceptanceCalibrator) -> float:
+        """Its expected per-draft acceptance: its own outcomes on the calibrated mean as their prior."""
+        return self.acceptance.rate(calibrator.mean_acceptance(self.greedy))
+
     def pace(self) -> float:
         """Running TPOT over its SLO: > 1 behind, < 1 ahead; 1 without an SLO or before it can be told."""
         running = self.running_tpot_s

@@ -76,8 +76,9 @@ class RecentSamples:
         if not self.samples:
             return 0.0, 0.0
         decay = 0.5 ** ((now - self.at) / STALE_HALF_LIFE_S)
-        samples = self.samples if len(self.samples) > 1 else self.samples * 2  # quantiles() needs two
-        tail = statistics.quantiles(samples, n=10, method="inclusive")[-1]
+        tail = self.samples[0]
+        if len(self.samples) > 1:  # "inclusive": never past the largest sample
+            tail = statistics.quantiles(self.samples, n=10, method="inclusive")[-1]
         return max(0.0, statistics.fmean(self.samples)) * decay, max(0.0, tail) * decay
 
 
@@ -170,8 +171,8 @@ class Steps:
                                          "overhead_ms": round(ctx.load.overhead_ms, 2),
                                          "draft_overhead_ms": round(ctx.load.draft_overhead_ms, 2),
                                          "draft_overhead_tail_ms": round(ctx.load.draft_overhead_tail_ms, 2),
-                                         "rates": [round(r.state.acceptance.rate(
-                                             ctx.calibrator.mean_acceptance(r.state.greedy)), 2) for r in group]})
+                                         "rates": [round(r.state.acceptance_rate(ctx.calibrator), 2)
+                                                   for r in group]})
         plan.given.add(asking)
         return plan.budgets[asking], plan.forwards(asking)
 
@@ -258,8 +259,7 @@ class RequestSpeculation:
         return budget.capped(min(room, self.steps.max_spec_len))
 
     def expect(self, k: int) -> None:
-        rate = self.state.acceptance.rate(self.steps.view.calibrator.mean_acceptance(self.state.greedy))
-        self.expected = expected_tokens(geometric_curve(rate, k))
+        self.expected = expected_tokens(geometric_curve(self.state.acceptance_rate(self.steps.view.calibrator), k))
 
     def _no_load(self) -> StepContext:
         """For the policies that read no load and no latency model, before a replica's heartbeat says them."""

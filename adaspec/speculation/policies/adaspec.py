@@ -28,8 +28,7 @@ class AdaSpec(Policy):
         k = ctx.max_spec_len
         curves = []
         for r in requests:
-            prior = ctx.calibrator.mean_acceptance(r.greedy)
-            curves.append(geometric_curve(r.acceptance.rate(prior), k))
+            curves.append(geometric_curve(r.acceptance_rate(ctx.calibrator), k))
         drafting = sum(r.memo.get("drafting", False) for r in requests) * 2 >= len(requests)
         return plan(ctx, curves, [slo_weight(r.pace()) for r in requests],
                     [r.allowed_token_ms(SLO_MARGIN) for r in requests],
