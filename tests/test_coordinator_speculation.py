@@ -4,6 +4,7 @@ load store, and what a draft session is told after steps at k = 0."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -85,6 +86,36 @@ def test_routing_prefers_the_faster_replica_and_falls_back_in_order_when_one_is_
         return first.replica_id, second.replica_id
 
     assert asyncio.run(scenario()) == ("fast", "slow")
+
+
+class CountsLate(InProcessLoadStore):
+    """A store that answers each count and reserve a round trip (5 ms) later."""
+
+    async def reservations(self, replica_id):
+        await asyncio.sleep(0.005)
+        return await super().reservations(replica_id)
+
+    async def reserve(self, replica_id, lease_id, limit, lease_s):
+        await asyncio.sleep(0.005)
+        return await super().reserve(replica_id, lease_id, limit, lease_s)
+
+
+def test_a_burst_of_requests_spreads_over_equal_replicas():
+    """Sixteen requests at once on two idle replicas of the same speed: each reads the leases' count before any of
+    them has taken one, yet they split eight and eight (they all went to one replica)."""
+
+    async def scenario():
+        store = CountsLate()
+        for name in ("verify-0", "verify-1"):
+            await store.publish(verify_load(name, sessions=0), ttl_s=30)
+        view = LoadView(store)
+        await view.refresh()
+        router = Router(Leases(store), view)
+        request = RouteRequest(prompt_tokens=200, greedy=True)
+        chosen = await asyncio.gather(*(router.acquire("verify", f"lease-{i}", request=request) for i in range(16)))
+        return sorted(Counter(r.replica_id for r in chosen).values())
+
+    assert asyncio.run(scenario()) == [8, 8]
 
 
 def test_a_draft_session_hears_every_token_committed_while_it_drafted_nothing():

@@ -22,6 +22,15 @@ class AnswersLate(InProcessLoadStore):
         return taken
 
 
+class ArrivesLate(InProcessLoadStore):
+    """A store whose reserve reaches it 50 ms after it is sent, as over a network: a release sent after it may land
+    first."""
+
+    async def reserve(self, replica_id, lease_id, limit, lease_s):
+        await asyncio.sleep(0.05)
+        return await super().reserve(replica_id, lease_id, limit, lease_s)
+
+
 @pytest.fixture(scope="module")
 def redis_server():
     with RedisServer() as server:
@@ -44,6 +53,25 @@ def test_a_take_cancelled_while_the_store_answers_gives_the_lease_back():
         return await store.reservations("verify-0"), leases.held
 
     assert asyncio.run(scenario()) == (0, {})
+
+
+def test_a_lease_released_while_the_renewal_runs_is_not_put_back():
+    """The renewal goes through the held leases one round trip at a time: one released meanwhile, before its turn or
+    while its renewal is on the way, must not come back to hold a slot (for lease_s: 30 s by default)."""
+
+    async def scenario():
+        store = ArrivesLate()
+        leases = Leases(store, lease_s=1.0, renew_s=0.2)
+        assert await leases.take("verify-0", "a", 4) and await leases.take("verify-0", "b", 4)
+        leases.start()
+        await asyncio.sleep(0.22)  # the renewal of "a" is on its way; "b" waits its turn
+        await asyncio.gather(leases.release("verify-0", "a"), leases.release("verify-0", "b"))
+        await asyncio.sleep(0.25)  # the renewal is done, the next not begun
+        counts = await store.reservations("verify-0"), await leases.local.reservations("verify-0")
+        await leases.stop()
+        return counts, leases.held
+
+    assert asyncio.run(scenario()) == ((0, 0), {})
 
 
 def test_leases_are_renewed_while_held_and_a_dead_coordinators_expire(redis_server):

@@ -5,7 +5,8 @@ coordinators, bounded by the replica's `max_sessions`). Leases are short (`lease
 `renew_s` while held, so the capacity of a coordinator that dies comes back within `lease_s`, not an hour.
 
 - A lease whose taking is cancelled (the request's deadline or cancel landing during the store's round trip)
-  is released as soon as the store answers: the store may have taken it.
+  is released as soon as the store answers: the store may have taken it. Likewise a lease released while its
+  renewal is on its way is released again once the renewal is answered.
 - Once the store fails to answer, leases are counted here instead (this coordinator's own sessions against
   each replica's `max_sessions`; the replica still refuses what it cannot hold) and the store is not asked
   again until the renewal finds it back (no request waits for its time-outs meanwhile); a release that cannot
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from adaspec.loadstore import InProcessLoadStore, LoadStore, LoadStoreUnavailable
 
@@ -28,6 +30,7 @@ class Leases:
         assert lease_s > renew_s > 0
         self.store, self.lease_s, self.renew_s = store, lease_s, renew_s
         self.held: dict[str, tuple[str, int]] = {}  # lease id -> (replica id, its limit)
+        self.taking: Counter[str] = Counter()  # replica id -> leases being taken there now
         self.local = InProcessLoadStore()  # the count while the store is unavailable
         self.unavailable_since: float | None = None  # time.monotonic()
         self._task: asyncio.Task | None = None
@@ -54,14 +57,22 @@ class Leases:
                 self._unavailable(error)
         return await self.local.reservations(replica_id)
 
+    def own(self, replica_id: str) -> int:
+        """This coordinator's leases on the replica, held or being taken: known at once, where the store's count is a
+        round trip old (a burst of requests all read it before any of them takes a lease)."""
+        return self.taking[replica_id] + sum(1 for held_on, _ in self.held.values() if held_on == replica_id)
+
     async def take(self, replica_id: str, lease_id: str, limit: int) -> bool:
         """Take one of `limit` slots on the replica; False when they are all taken."""
         taking = asyncio.ensure_future(self._reserve(replica_id, lease_id, limit))
+        self.taking[replica_id] += 1
         try:
             taken = await asyncio.shield(taking)
         except asyncio.CancelledError:  # the store may still take it: give it back as soon as it answers
             taking.add_done_callback(lambda done: self._release_later(done, replica_id, lease_id))
             raise
+        finally:
+            self.taking[replica_id] -= 1
         if taken:
             self.held[lease_id] = (replica_id, limit)
         return taken
@@ -106,9 +117,14 @@ class Leases:
             try:
                 await self.store.ping()
                 for lease_id, (replica_id, limit) in list(self.held.items()):
+                    if lease_id not in self.held:  # released since: renewing it would hold a slot for lease_s
+                        continue
                     await self.local.reserve(replica_id, lease_id, limit, self.lease_s)  # the count for an outage
                     # renews a lease the store holds; puts back one it lost while it was down
                     await self.store.reserve(replica_id, lease_id, limit, self.lease_s)
+                    if lease_id not in self.held:  # released during the round trip: the renewal may have landed last
+                        await self.local.release(replica_id, lease_id)
+                        await self.store.release(replica_id, lease_id)
             except LoadStoreUnavailable as error:
                 self._unavailable(error)
                 continue

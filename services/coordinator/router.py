@@ -56,9 +56,11 @@ class Router:
         if not live:
             raise NoReplica(f"no live {kind} replica")
         # Leases count sessions being opened now, which the heartbeats do not show yet: a burst must not all
-        # go to the replica that looked idlest half a second ago.
+        # go to the replica that looked idlest half a second ago. This coordinator's own count too, live: the
+        # requests of a burst all read the store's before any of them takes a lease.
         leases = await asyncio.gather(*(self.leases.count(r.replica_id) for r in live))
-        live = [dataclasses.replace(r, sessions=max(r.sessions, n)) for r, n in zip(live, leases)]
+        live = [dataclasses.replace(r, sessions=max(r.sessions, n, self.leases.own(r.replica_id)))
+                for r, n in zip(live, leases)]
         for replica in self.rank(kind, live, request):
             if await self.leases.take(replica.replica_id, lease_id, replica.max_sessions):
                 return replica
