@@ -220,7 +220,7 @@ def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monk
             budgets.append(run.budget(room=8).max_tokens)
             clock[0] += (run.forwards.ms(2) + 5.0) / 1e3  # two drafts made, then 5 ms more than their forwards
             run.committed([18, 19], 1, [0.9, 0.3])
-        return min(budgets), steps.draft_overhead_ms("draft-0", run.policy, clock[0])[0]
+        return min(budgets), steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0])[0]
 
     smallest_budget, learnt_ms = asyncio.run(scenario())
     assert smallest_budget > 2, smallest_budget  # the drafter stopped short of every budget
@@ -245,11 +245,40 @@ def test_what_drafting_costs_is_the_mean_of_its_samples_long_tail_included(monke
             run.budget(room=8)
             clock[0] += (run.forwards.ms(2) + beyond_ms) / 1e3
             run.committed([18, 19], 1, [0.9, 0.3])
-            learnt.append(steps.draft_overhead_ms("draft-0", run.policy, clock[0]))
+            learnt.append(steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0]))
         return learnt
 
     assert asyncio.run(scenario())[1:] == [pytest.approx(v) for v in ((2.0, 2.0), (2.0, 2.0), (8.0, 16.4),
                                                                       (4.5, 14.6))]
+
+
+def test_what_drafting_costs_is_measured_against_the_plain_overhead_as_it_is_now(monkeypatch):
+    """Drafting steps 12 ms over their forwards before any plain step was timed, then plain steps 10 ms over theirs:
+    drafting costs 2 ms more than a plain step, not the 12 the first samples said, for as long as they are kept."""
+    clock = frozen_clock(monkeypatch)
+
+    async def scenario() -> list[float]:
+        steps = await one_verify_and_one_draft_replica()
+        run = RequestSpeculation(steps, steps.policy("fixed:2"), RequestState(300, 0, 400, True), max_tokens=400)
+        run.on_verify("verify-0")
+        run.draft_id = "draft-0"
+        run.committed([17], 0, [])  # the first token
+        for _ in range(3):  # the first drafting step prefills the draft session
+            run.budget(room=8)
+            clock[0] += (run.forwards.ms(2) + 12.0) / 1e3
+            run.committed([18, 19], 1, [0.9, 0.3])
+        before, sampled_at = steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0])[0], clock[0]
+        for _ in range(200):
+            run.budget(room=0)  # a plain step
+            clock[0] += (run.forwards.ms(0) + 10.0) / 1e3
+            run.committed([20], 0, [])
+        return [before, steps.overhead_ms("verify-0", run.policy),
+                steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0])[0]
+                / 0.5 ** ((clock[0] - sampled_at) / coordinator_speculation.STALE_HALF_LIFE_S)]  # decayed since
+
+    before, plain, after = asyncio.run(scenario())
+    assert before == pytest.approx(12.0) and plain == pytest.approx(10.0, rel=1e-3)
+    assert after == pytest.approx(2.0, abs=0.05)
 
 
 def test_each_policy_learns_a_plain_steps_overhead_from_its_own_steps(monkeypatch):

@@ -72,6 +72,11 @@ class RequestSpec:
     slo_tpot_ms: float | None = None
     deadline: float | None = None  # time.monotonic() by which the request must end
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens, estimated for text (~4 characters a token) until a replica tokenises it."""
+        return len(self.prompt) // 4 + 1 if isinstance(self.prompt, str) else len(self.prompt)
+
 
 @dataclass
 class Counters:
@@ -383,8 +388,7 @@ class RequestRun:
     async def _open(self, kind: str, exclude: set[str]) -> Session:
         spec = self.spec
         lease_id = f"{spec.request_id}/{uuid.uuid4().hex[:12]}"  # a session's own: request ids are the caller's
-        prompt_tokens = len(spec.prompt) // 4 + 1 if isinstance(spec.prompt, str) else len(spec.prompt)
-        route = RouteRequest(prompt_tokens + self.counters.output_tokens, spec.params.greedy, spec.slo_ttft_ms,
+        route = RouteRequest(spec.prompt_tokens + self.counters.output_tokens, spec.params.greedy, spec.slo_ttft_ms,
                              spec.slo_tpot_ms)
         try:
             replica = await self.router.acquire(kind, lease_id, exclude, route)
