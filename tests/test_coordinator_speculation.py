@@ -201,6 +201,16 @@ async def one_verify_and_one_draft_replica() -> Steps:
     return Steps(view, 8)
 
 
+async def a_drafting_request(policy: str = "fixed:2") -> tuple[Steps, RequestSpeculation]:
+    """A request on "verify-0" with a draft session on "draft-0", its first token committed."""
+    steps = await one_verify_and_one_draft_replica()
+    run = RequestSpeculation(steps, steps.policy(policy), RequestState(300, 0, 400, True), max_tokens=400)
+    run.on_verify("verify-0")
+    run.draft_id = "draft-0"
+    run.committed([17], 0, [])  # the first token
+    return steps, run
+
+
 @pytest.mark.parametrize("policy", ["fixed:8", "adaspec-paper"])
 def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monkeypatch, policy):
     """What drafting costs beyond its forwards is learnt from drafting steps' observed times less the latency model's
@@ -210,11 +220,7 @@ def test_a_drafting_step_is_timed_against_the_drafts_it_made_not_its_budget(monk
     clock = frozen_clock(monkeypatch)
 
     async def scenario() -> tuple[int, float]:
-        steps = await one_verify_and_one_draft_replica()
-        run = RequestSpeculation(steps, steps.policy(policy), RequestState(300, 0, 400, True), max_tokens=400)
-        run.on_verify("verify-0")
-        run.draft_id = "draft-0"
-        run.committed([17], 0, [])  # the first token
+        steps, run = await a_drafting_request(policy)
         budgets = []
         for _ in range(3):  # the first drafting step also prefills the draft session: not a sample
             budgets.append(run.budget(room=8).max_tokens)
@@ -235,11 +241,7 @@ def test_what_drafting_costs_is_the_mean_of_its_samples_long_tail_included(monke
     clock = frozen_clock(monkeypatch)
 
     async def scenario() -> list[float]:
-        steps = await one_verify_and_one_draft_replica()
-        run = RequestSpeculation(steps, steps.policy("fixed:2"), RequestState(300, 0, 400, True), max_tokens=400)
-        run.on_verify("verify-0")
-        run.draft_id = "draft-0"
-        run.committed([17], 0, [])  # the first token
+        steps, run = await a_drafting_request()
         learnt = []
         for beyond_ms in (0.0, 2.0, 2.0, 20.0, -6.0):  # the first drafting step prefills the draft session
             run.budget(room=8)
@@ -258,11 +260,7 @@ def test_what_drafting_costs_is_measured_against_the_plain_overhead_as_it_is_now
     clock = frozen_clock(monkeypatch)
 
     async def scenario() -> list[float]:
-        steps = await one_verify_and_one_draft_replica()
-        run = RequestSpeculation(steps, steps.policy("fixed:2"), RequestState(300, 0, 400, True), max_tokens=400)
-        run.on_verify("verify-0")
-        run.draft_id = "draft-0"
-        run.committed([17], 0, [])  # the first token
+        steps, run = await a_drafting_request()
         for _ in range(3):  # the first drafting step prefills the draft session
             run.budget(room=8)
             clock[0] += (run.forwards.ms(2) + 12.0) / 1e3
