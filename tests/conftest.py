@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adaspec.engine.model_loader import BUNDLED_DRAFT, BUNDLED_TARGET
+from adaspec.loadstore import InProcessLoadStore
 
 torch.set_num_threads(2)
 
@@ -97,3 +99,21 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
 
 
 __all__ = ["BUNDLED_DRAFT", "BUNDLED_TARGET", "HELD_OUT_SNIPPETS", "hf_greedy", "write_random_checkpoint"]
+
+
+class SentOverANetwork(InProcessLoadStore):
+    """An in-process store whose counts and reserves reach it `delay_s` after they are sent, as over a network: the
+    requests of a burst all read a count before any of them reserves, and a release sent after a reserve may land
+    first."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def reservations(self, replica_id):
+        await asyncio.sleep(self.delay_s)
+        return await super().reservations(replica_id)
+
+    async def reserve(self, replica_id, lease_id, limit, lease_s):
+        await asyncio.sleep(self.delay_s)
+        return await super().reserve(replica_id, lease_id, limit, lease_s)

@@ -20,6 +20,7 @@ from adaspec.engine.step_planner import StepPlanner
 from adaspec.loadstore import InProcessLoadStore, ReplicaLoad
 from adaspec.speculation.latency_profile import LatencyModel, LatencyProfile
 from adaspec.speculation.step_state import RequestState, StepLoad
+from tests.conftest import SentOverANetwork
 
 VERIFY = LatencyModel((4.0, 0.05, 0.08, 0.0, 0.02))
 DRAFT = LatencyModel((1.2, 0.02, 0.02, 0.0, 0.005))
@@ -88,24 +89,12 @@ def test_routing_prefers_the_faster_replica_and_falls_back_in_order_when_one_is_
     assert asyncio.run(scenario()) == ("fast", "slow")
 
 
-class CountsLate(InProcessLoadStore):
-    """A store that answers each count and reserve a round trip (5 ms) later."""
-
-    async def reservations(self, replica_id):
-        await asyncio.sleep(0.005)
-        return await super().reservations(replica_id)
-
-    async def reserve(self, replica_id, lease_id, limit, lease_s):
-        await asyncio.sleep(0.005)
-        return await super().reserve(replica_id, lease_id, limit, lease_s)
-
-
 def test_a_burst_of_requests_spreads_over_equal_replicas():
     """Sixteen requests at once on two idle replicas of the same speed: each reads the leases' count before any of
     them has taken one, yet they split eight and eight (they all went to one replica)."""
 
     async def scenario():
-        store = CountsLate()
+        store = SentOverANetwork(delay_s=0.005)
         for name in ("verify-0", "verify-1"):
             await store.publish(verify_load(name, sessions=0), ttl_s=30)
         view = LoadView(store)

@@ -11,6 +11,7 @@ import pytest
 from adaspec.services.coordinator.leases import Leases
 
 from adaspec.loadstore import InProcessLoadStore, RedisLoadStore, RedisServer
+from tests.conftest import SentOverANetwork
 
 
 class AnswersLate(InProcessLoadStore):
@@ -20,15 +21,6 @@ class AnswersLate(InProcessLoadStore):
         taken = await super().reserve(replica_id, lease_id, limit, lease_s)
         await asyncio.sleep(0.05)
         return taken
-
-
-class ArrivesLate(InProcessLoadStore):
-    """A store whose reserve reaches it 50 ms after it is sent, as over a network: a release sent after it may land
-    first."""
-
-    async def reserve(self, replica_id, lease_id, limit, lease_s):
-        await asyncio.sleep(0.05)
-        return await super().reserve(replica_id, lease_id, limit, lease_s)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def test_a_lease_released_while_the_renewal_runs_is_not_put_back():
     while its renewal is on the way, must not come back to hold a slot (for lease_s: 30 s by default)."""
 
     async def scenario():
-        store = ArrivesLate()
+        store = SentOverANetwork(delay_s=0.05)
         leases = Leases(store, lease_s=1.0, renew_s=0.2)
         assert await leases.take("verify-0", "a", 4) and await leases.take("verify-0", "b", 4)
         leases.start()

@@ -176,12 +176,13 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         """No request that meets its pace now is pushed past it, the step that drafts timed at the tail of its cost
         (one already behind weighs more instead); none already behind drafts where its own drafts make it slower, on
         average (it has to catch up in expectation)."""
-        if new_step + tail_ms > load.step_cap_ms:
+        at_tail = new_step + tail_ms
+        if at_tail > load.step_cap_ms:
             return False
         for m in range(n):
             e_new = g.expected[m] + (curves[m][depth - 1] if m in added else 0.0)
             now_ms = g.step / g.expected[m]
-            if (new_step + tail_ms) / e_new > allowed_ms[m] >= now_ms:
+            if at_tail / e_new > allowed_ms[m] >= now_ms:
                 return False
             if m in added and allowed_ms[m] < now_ms < new_step / e_new:
                 return False

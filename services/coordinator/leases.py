@@ -57,10 +57,10 @@ class Leases:
                 self._unavailable(error)
         return await self.local.reservations(replica_id)
 
-    def own(self, replica_id: str) -> int:
-        """This coordinator's leases on the replica, held or being taken: known at once, where the store's count is a
+    def own(self) -> Counter[str]:
+        """This coordinator's leases per replica, held or being taken: known at once, where the store's count is a
         round trip old (a burst of requests all read it before any of them takes a lease)."""
-        return self.taking[replica_id] + sum(1 for held_on, _ in self.held.values() if held_on == replica_id)
+        return self.taking + Counter(replica_id for replica_id, _ in self.held.values())
 
     async def take(self, replica_id: str, lease_id: str, limit: int) -> bool:
         """Take one of `limit` slots on the replica; False when they are all taken."""

@@ -59,8 +59,8 @@ class Router:
         # go to the replica that looked idlest half a second ago. This coordinator's own count too, live: the
         # requests of a burst all read the store's before any of them takes a lease.
         leases = await asyncio.gather(*(self.leases.count(r.replica_id) for r in live))
-        live = [dataclasses.replace(r, sessions=max(r.sessions, n, self.leases.own(r.replica_id)))
-                for r, n in zip(live, leases)]
+        own = self.leases.own()  # one pass over the held leases, not one per replica
+        live = [dataclasses.replace(r, sessions=max(r.sessions, n, own[r.replica_id])) for r, n in zip(live, leases)]
         for replica in self.rank(kind, live, request):
             if await self.leases.take(replica.replica_id, lease_id, replica.max_sessions):
                 return replica
