@@ -259,6 +259,38 @@ def test_each_cap_is_the_most_drafts_before_the_step_outgrows_another_requests_s
             alone = n == 1 and ctx.load.batch == 1  # may draft past the planned depth on live confidence
             assert p.caps[i] == min(k, max(p.ks)) or (alone and p.caps[i] == k), (trial, i)
 
+
+def test_at_a_gpus_batch_sizes_the_plan_keeps_every_pace_kept_and_drafts_for_many():
+    """The SLO checks, kept as bounds over the requests that draft and those that do not so that each size of a
+    depth is checked in O(1) (the plan runs on the coordinator's event loop for batches of hundreds), keep their
+    definition: a request keeping its pace in the plain step keeps it in the planned step at the tail of drafting's
+    cost, taking its own drafts into account, and the step stays within the step cap. And they veto only some: most
+    plans draft, and some requests that keep their pace draft."""
+    rng = random.Random(11)
+    # a GPU's verify forward: its fixed cost dominates, so speculation still pays at these batch sizes
+    verify, draft = LatencyModel((15.0, 0.01, 0.01, 0.0, 0.002)), LatencyModel((2.0, 0.005, 0.005, 0.0, 0.0))
+    drafting = 0
+    for trial in range(60):
+        n = rng.choice([64, 128, 200])
+        draft_overhead, tail = rng.uniform(0, 3), rng.uniform(0, 6)
+        ctx = StepContext(StepLoad(batch=n, context=500, draft_overhead_ms=draft_overhead,
+                                   draft_overhead_tail_ms=draft_overhead + tail,
+                                   step_cap_ms=rng.choice([math.inf, 60.0]), split_phases=rng.random() < 0.5),
+                          verify, draft, AcceptanceCalibrator(), 8)
+        plain_ms = step_time_ms(ctx, [0] * n)
+        curves = [geometric_curve(rng.uniform(0.5, 0.95), 8) for _ in range(n)]
+        allowed = [rng.choice([math.inf, 0.0, plain_ms * rng.uniform(0.8, 3.0)]) for _ in range(n)]
+        p = plan(ctx, curves, [rng.uniform(0.5, 2.0) for _ in range(n)], allowed, [8] * n)
+        if not any(p.ks):
+            continue
+        drafting += 1
+        assert p.step_ms + tail <= ctx.load.step_cap_ms
+        for m in range(n):
+            e = 1.0 + sum(curves[m][:p.ks[m]])
+            if plain_ms <= allowed[m]:
+                assert (p.step_ms + tail) / e <= allowed[m] * (1 + 1e-9), (trial, m)
+    assert drafting >= 30
+
 # ---- the drafter's stop rule ----------------------------------------------------------------------------------
 
 def test_the_stop_rule_drafts_while_the_next_token_is_expected_to_clear_the_threshold():

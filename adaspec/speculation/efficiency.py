@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adaspec.speculation.step_state import StepContext
@@ -164,33 +164,58 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
     lag_charged = [ms / max(1.0, tokens_left[i] / (1.0 + curves[i][0])) if i < len(tokens_left) and curves[i] else ms
                    for i, ms in enumerate(lag_ms)]
     tail_ms = max(0.0, load.draft_overhead_tail_ms - load.draft_overhead_ms) if ctx.draft is not None else 0.0
+    split = split_ms(ctx, 1, 2)  # where some of the requests draft but not all (`split_ms`)
+
+    draft_forward_ms: dict[int, float] = {}  # by rows: each depth and each prefix of a depth asks again
 
     def forward_ms(rows: int, depth: int) -> float:
         """A draft forward of `rows` planned requests at `depth` (the first also pays the draft overhead)."""
         if ctx.draft is None:
             return 0.0
-        rows += load.draft_batch
-        return ctx.draft.predict(rows, rows, load.context) + (load.draft_overhead_ms if depth == 1 else 0.0)
+        if rows not in draft_forward_ms:
+            draft_forward_ms[rows] = ctx.draft.predict(rows + load.draft_batch, rows + load.draft_batch, load.context)
+        return draft_forward_ms[rows] + (load.draft_overhead_ms if depth == 1 else 0.0)
 
-    def slo_allows(g: _Growing, new_step: float, added: set[int], depth: int) -> bool:
-        """No request that meets its pace now is pushed past it, the step that drafts timed at the tail of its cost
-        (one already behind weighs more instead); none already behind drafts where its own drafts make it slower, on
-        average (it has to catch up in expectation)."""
-        at_tail = new_step + tail_ms
-        if at_tail > load.step_cap_ms:
-            return False
-        for m in range(n):
-            e_new = g.expected[m] + (curves[m][depth - 1] if m in added else 0.0)
-            now_ms = g.step / g.expected[m]
-            if at_tail / e_new > allowed_ms[m] >= now_ms:
-                return False
-            if m in added and allowed_ms[m] < now_ms < new_step / e_new:
-                return False
-        return True
+    def slo_allows(g: _Growing, candidates: list[int], depth: int) -> Callable[[int, float], bool]:
+        """Whether `depth` may open for the first m `candidates`, the step then `new_step` long: no request that meets
+        its pace now is pushed past it, the step that drafts timed at the tail of its cost (one already behind weighs
+        more instead); none already behind drafts where its own drafts make it slower, on average (it has to catch up
+        in expectation). Each request bounds the step: one keeping its pace, at its tail, by its allowed time per
+        token times the tokens it commits (more if it drafts at this depth); one behind that drafts, on average, by
+        its time per token now times them. Their minima over the requests that draft (a prefix of the candidates) and
+        those that do not are kept for every m, so that each m is checked in O(1): the plan runs on the coordinator's
+        event loop for a replica's whole batch, and dropping the candidates one by one must not cost the square of it."""
+        keeps_pace = [allowed_ms[m] >= g.step / g.expected[m] for m in range(n)]
+        drafts = [0.0] * n
+        for i in candidates:
+            drafts[i] = curves[i][depth - 1]
+
+        def tail_bound(m: int, e: float) -> float:
+            return allowed_ms[m] * e if keeps_pace[m] else math.inf
+
+        def mean_bound(m: int, e: float) -> float:
+            return math.inf if keeps_pace[m] else g.step / g.expected[m] * e
+
+        is_candidate = set(candidates)
+        others = min((tail_bound(m, g.expected[m]) for m in range(n) if m not in is_candidate), default=math.inf)
+        # [j]: over the candidates from j on, which do not draft when m = j; over the first j, which do
+        waiting = [*itertools.accumulate((tail_bound(i, g.expected[i]) for i in reversed(candidates)), min,
+                                         initial=math.inf)][::-1]
+        drafting_tail = [*itertools.accumulate((tail_bound(i, g.expected[i] + drafts[i]) for i in candidates), min,
+                                               initial=math.inf)]
+        drafting_mean = [*itertools.accumulate((mean_bound(i, g.expected[i] + drafts[i]) for i in candidates), min,
+                                               initial=math.inf)]
+
+        def allows(m: int, new_step: float) -> bool:
+            at_tail = new_step + tail_ms
+            return (at_tail <= min(load.step_cap_ms, others, waiting[m], drafting_tail[m])
+                    and new_step <= drafting_mean[m])
+
+        return allows
 
     def added_ms(m: int, depth: int) -> float:
         """What opening `depth` for m requests adds to the step (at depth 1, the split if some go without)."""
-        return m * token_ms + forward_ms(m, depth) + (split_ms(ctx, m, n) if depth == 1 else 0.0)
+        return m * token_ms + forward_ms(m, depth) + (split if depth == 1 and m < n else 0.0)
 
     def grow(g: _Growing, first_margin: float | None) -> _Growing:
         """Open depths while they raise the goodput; the first only by `first_margin` more (None: the first opens
@@ -210,8 +235,8 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
                 goodput = (g.value + gain) / (g.charged + added_ms(m, depth) + fed_charged[m])
                 if goodput > best_goodput:
                     best_m, best_goodput = m, goodput
-            while best_m and not slo_allows(g, g.step + added_ms(best_m, depth) + fed[best_m],
-                                            set(candidates[:best_m]), depth):
+            allows = slo_allows(g, candidates, depth)
+            while best_m and not allows(best_m, g.step + added_ms(best_m, depth) + fed[best_m]):
                 best_m -= 1  # the least valuable request of the depth goes first
             if not best_m:
                 break
@@ -269,11 +294,21 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
     limits = []
     for i, cap in enumerate(caps):
         limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
-        k = ks[i] if not math.isinf(limit) else cap
-        while k < cap:
-            k += 1
-            if shape.with_k(ks[i], k, lags[i]).ms(ctx) + tail_ms > limit:
-                k -= 1
-                break
-        limits.append(k)
+        if math.isinf(limit):
+            limits.append(cap)
+            continue
+
+        def fits(k: int, i: int = i, limit: float = limit) -> bool:
+            return shape.with_k(ks[i], k, lags[i]).ms(ctx) + tail_ms <= limit
+
+        # The most drafts up to the first that does not fit. The step grows with k from the first draft on (the
+        # first may end the split instead), so past it a bisection finds the same k as trying each in turn; the
+        # next draft is tried alone first, as it is mostly the one that does not fit.
+        lo = ks[i]
+        if lo < cap and fits(lo + 1):
+            lo, hi = lo + 1, cap
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        limits.append(lo)
     return limits
