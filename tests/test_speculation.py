@@ -269,7 +269,7 @@ def test_at_a_gpus_batch_sizes_the_plan_keeps_every_pace_kept_and_drafts_for_man
     rng = random.Random(11)
     # a GPU's verify forward: its fixed cost dominates, so speculation still pays at these batch sizes
     verify, draft = LatencyModel((15.0, 0.01, 0.01, 0.0, 0.002)), LatencyModel((2.0, 0.005, 0.005, 0.0, 0.0))
-    drafting = 0
+    drafting = paced_drafting = 0
     for trial in range(60):
         n = rng.choice([64, 128, 200])
         draft_overhead, tail = rng.uniform(0, 3), rng.uniform(0, 6)
@@ -289,7 +289,8 @@ def test_at_a_gpus_batch_sizes_the_plan_keeps_every_pace_kept_and_drafts_for_man
             e = 1.0 + sum(curves[m][:p.ks[m]])
             if plain_ms <= allowed[m]:
                 assert (p.step_ms + tail) / e <= allowed[m] * (1 + 1e-9), (trial, m)
-    assert drafting >= 30
+                paced_drafting += p.ks[m] > 0
+    assert drafting >= 30 and paced_drafting >= 100
 
 # ---- the drafter's stop rule ----------------------------------------------------------------------------------
 
