@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import random
 import statistics
 import subprocess
@@ -40,18 +39,18 @@ SITUATIONS = {"draft hop 1 ms": 1.0, "draft hop 15 ms": 15.0}  # a drafting step
 
 def load_baseline(rev: str):
     """(plan, LatencyModel) as they were at `rev`."""
-    folder = Path(tempfile.mkdtemp(prefix="adaspec-plan-baseline-"))
     modules = []
-    for name in ("latency_profile", "efficiency"):
-        source = subprocess.run(["git", "show", f"{rev}:adaspec/speculation/{name}.py"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout
-        path = folder / f"baseline_{name}.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-        modules.append(module)
+    with tempfile.TemporaryDirectory(prefix="adaspec-plan-baseline-") as folder:
+        for name in ("latency_profile", "efficiency"):
+            source = subprocess.run(["git", "show", f"{rev}:adaspec/speculation/{name}.py"], cwd=ROOT, check=True,
+                                    capture_output=True, text=True).stdout
+            path = Path(folder) / f"baseline_{name}.py"
+            path.write_text(source)
+            spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up
+            spec.loader.exec_module(module)
+            modules.append(module)
     return modules[1].plan, modules[0].LatencyModel
 
 
@@ -136,7 +135,7 @@ def main() -> None:
         print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"profile": args.profile, "baseline": args.baseline, "rounds": args.rounds,
-                                    "rows": rows}, indent=1, default=lambda x: None if math.isinf(x) else x))
+                                    "rows": rows}, indent=1))
     plot(rows, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
