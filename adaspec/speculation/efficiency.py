@@ -291,6 +291,7 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
     tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
                                    if step / expected[m] <= allowed_ms[m]))
     shape = StepShape.of(ks, lags)
+    raised_ms: dict[tuple[int, int, int], float] = {}  # (its k, raised to, its lag): the step
     limits = []
     for i, cap in enumerate(caps):
         limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
@@ -299,7 +300,11 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
             continue
 
         def fits(k: int, i: int = i, limit: float = limit) -> bool:
-            return shape.with_k(ks[i], k, lags[i]).ms(ctx) + tail_ms <= limit
+            # requests of the same plan (and lag, fed only by a first draft) raise the step alike: timed once
+            key = ks[i], k, 0 if ks[i] else lags[i]
+            if key not in raised_ms:
+                raised_ms[key] = shape.with_k(*key).ms(ctx)
+            return raised_ms[key] + tail_ms <= limit
 
         # The most drafts up to the first that does not fit. The step grows with k from the first draft on (the
         # first may end the split instead), so past it a bisection finds the same k as trying each in turn; the
