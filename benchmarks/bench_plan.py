@@ -56,9 +56,9 @@ def load_baseline(rev: str):
 
 def situation(rng: random.Random, n: int, draft_hop_ms: float, profile: LatencyProfile, model=LatencyModel):
     """The arguments of one plan: n requests on a replica whose batch they are."""
-    requests = [RequestState(context_tokens=rng.randint(64, 512), output_tokens=20, remaining_tokens=rng.randint(5, 100),
-                             greedy=True, since_first_token_s=19 * rng.uniform(0.015, 0.035), tpot_slo_s=0.04)
-                for _ in range(n)]
+    requests = [RequestState(context_tokens=rng.randint(64, 512), output_tokens=20,
+                             remaining_tokens=rng.randint(5, 100), greedy=True,
+                             since_first_token_s=19 * rng.uniform(0.015, 0.035), tpot_slo_s=0.04) for _ in range(n)]
     load = StepLoad(batch=n, context=statistics.fmean(r.context_tokens for r in requests), overhead_ms=8.0,
                     draft_overhead_ms=draft_hop_ms, draft_overhead_tail_ms=2 * draft_hop_ms, split_phases=True)
     ctx = StepContext(load, model(profile.verify.coef), model(profile.draft.coef), AcceptanceCalibrator(), 8)

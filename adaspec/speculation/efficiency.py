@@ -184,11 +184,8 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         token times the tokens it commits (more if it drafts at this depth); one behind that drafts, on average, by
         its time per token now times them. Their minima over the requests that draft (a prefix of the candidates) and
         those that do not are kept for every m, so that each m is checked in O(1): the plan runs on the coordinator's
-        event loop for a replica's whole batch, and dropping the candidates one by one must not cost the square of it."""
+        event loop for a replica's whole batch, and dropping the candidates one by one must not cost its square."""
         keeps_pace = [allowed_ms[m] >= g.step / g.expected[m] for m in range(n)]
-        drafts = [0.0] * n
-        for i in candidates:
-            drafts[i] = curves[i][depth - 1]
 
         def tail_bound(m: int, e: float) -> float:
             return allowed_ms[m] * e if keeps_pace[m] else math.inf
@@ -201,10 +198,9 @@ def plan(ctx: StepContext, curves: Sequence[Sequence[float]], weights: Sequence[
         # [j]: over the candidates from j on, which do not draft when m = j; over the first j, which do
         waiting = [*itertools.accumulate((tail_bound(i, g.expected[i]) for i in reversed(candidates)), min,
                                          initial=math.inf)][::-1]
-        drafting_tail = [*itertools.accumulate((tail_bound(i, g.expected[i] + drafts[i]) for i in candidates), min,
-                                               initial=math.inf)]
-        drafting_mean = [*itertools.accumulate((mean_bound(i, g.expected[i] + drafts[i]) for i in candidates), min,
-                                               initial=math.inf)]
+        drafting = [(i, g.expected[i] + curves[i][depth - 1]) for i in candidates]  # its tokens if it drafts
+        drafting_tail = [*itertools.accumulate((tail_bound(i, e) for i, e in drafting), min, initial=math.inf)]
+        drafting_mean = [*itertools.accumulate((mean_bound(i, e) for i, e in drafting), min, initial=math.inf)]
 
         def allows(m: int, new_step: float) -> bool:
             at_tail = new_step + tail_ms
