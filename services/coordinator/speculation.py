@@ -248,7 +248,9 @@ class RequestSpeculation:
             draft_batch=max(0, round(draft.step_batch) - len(planned)) if draft is not None else 0,
             overhead_ms=self.steps.overhead_ms(self.verify_id, self.policy),
             draft_overhead_ms=draft_overhead_ms, draft_overhead_tail_ms=draft_overhead_tail_ms,
-            step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned), split_phases=True)
+            # only plans read the cap: a rule of a request's own would pay a scan of the replica's requests each step
+            step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned) if self.policy.needs_profile else math.inf,
+            split_phases=True)
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
     def budget(self, room: int) -> DraftBudget:
