@@ -98,9 +98,6 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     return out[0, len(prompt_ids):].tolist()
 
 
-__all__ = ["BUNDLED_DRAFT", "BUNDLED_TARGET", "HELD_OUT_SNIPPETS", "hf_greedy", "write_random_checkpoint"]
-
-
 class SentOverANetwork(InProcessLoadStore):
     """An in-process store whose counts and reserves reach it `delay_s` after they are sent, as over a network: the
     requests of a burst all read a count before any of them reserves, and a release sent after a reserve may land
@@ -117,3 +114,7 @@ class SentOverANetwork(InProcessLoadStore):
     async def reserve(self, replica_id, lease_id, limit, lease_s):
         await asyncio.sleep(self.delay_s)
         return await super().reserve(replica_id, lease_id, limit, lease_s)
+
+
+__all__ = ["BUNDLED_DRAFT", "BUNDLED_TARGET", "HELD_OUT_SNIPPETS", "SentOverANetwork", "hf_greedy",
+           "write_random_checkpoint"]

@@ -287,29 +287,30 @@ def _slo_caps(ctx: StepContext, ks: list[int], caps: Sequence[int], allowed_ms: 
     tightest = heapq.nsmallest(2, ((allowed_ms[m] * expected[m], m) for m in range(len(ks))
                                    if step / expected[m] <= allowed_ms[m]))
     shape = StepShape.of(ks, lags)
-    raised_ms: dict[tuple[int, int, int], float] = {}  # (its k, raised to, its lag): the step
+    raised: dict[tuple[int, int, int], float] = {}
+
+    def raised_ms(i: int, k: int) -> float:
+        """The step with request i's drafts raised to k, at the tail of drafting's cost: requests of the same plan (and
+        lag, fed only by a first draft) raise it alike, so it is timed once for them."""
+        key = ks[i], k, 0 if ks[i] else lags[i]
+        if key not in raised:
+            raised[key] = shape.with_k(*key).ms(ctx) + tail_ms
+        return raised[key]
+
     limits = []
     for i, cap in enumerate(caps):
         limit = min([ctx.load.step_cap_ms] + [bound for bound, m in tightest if m != i][:1])
         if math.isinf(limit):
             limits.append(cap)
             continue
-
-        def fits(k: int, i: int = i, limit: float = limit) -> bool:
-            # requests of the same plan (and lag, fed only by a first draft) raise the step alike: timed once
-            key = ks[i], k, 0 if ks[i] else lags[i]
-            if key not in raised_ms:
-                raised_ms[key] = shape.with_k(*key).ms(ctx)
-            return raised_ms[key] + tail_ms <= limit
-
         # The most drafts up to the first that does not fit. The step grows with k from the first draft on (the
         # first may end the split instead), so past it a bisection finds the same k as trying each in turn; the
         # next draft is tried alone first, as it is mostly the one that does not fit.
         lo = ks[i]
-        if lo < cap and fits(lo + 1):
+        if lo < cap and raised_ms(i, lo + 1) <= limit:
             lo, hi = lo + 1, cap
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+                lo, hi = (mid, hi) if raised_ms(i, mid) <= limit else (lo, mid - 1)
         limits.append(lo)
     return limits

@@ -139,9 +139,9 @@ class Steps:
         """The longest step this coordinator's other requests on the replica allow: each may take its allowed time
         per token times the tokens it expects per step (one already behind its pace allows none and sets no cap, as
         in a plan: `efficiency.plan`)."""
-        planned = set(planned)  # a replica's whole batch, every step
+        skip = set(planned)  # a replica's whole batch, every step
         caps = [r.state.allowed_token_ms(SLO_MARGIN) * r.expected for r in self.on_replica.get(replica_id, ())
-                if r not in planned]
+                if r not in skip]
         return min((c for c in caps if 0 < c < math.inf), default=math.inf)
 
     def joint_budget(self, asking: RequestSpeculation) -> tuple[DraftBudget, PlannedForwards | None]:
