@@ -15,7 +15,7 @@ import pytest
 
 from adaspec.bench.arrivals import at_rate, gamma_arrivals
 from adaspec.bench.backend import RequestFailed
-from adaspec.bench.config import BenchConfig
+from adaspec.bench.config import BenchConfig, server_policy
 from adaspec.bench.measure import request_record
 from adaspec.bench.metrics import aggregate_rows, request_metrics, run_row
 from adaspec.bench.plan import run_order
@@ -115,6 +115,39 @@ def test_rows_pool_rounds_and_keep_the_spread(tmp_path: Path) -> None:
     assert "| a " in md and "rounds min-max" in md and "| x " in md and "500 / 30" in md
     plot_rows(rows, tmp_path / "rows.png", title="constructed rows")
     assert (tmp_path / "rows.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_rows_compare_each_round_with_the_baseline_and_tagged_copies_are_policies_of_their_own() -> None:
+    tpots = {"a": [20.0, 40.0, 30.0], "b": [30.0, 40.0, 15.0], "a#2": [22.0, 36.0, 33.0]}  # per round
+    runs, records = [], []
+    for policy, per_round in tpots.items():
+        for round_index, tpot in enumerate(per_round):
+            if policy == "a" and round_index == 2:
+                continue  # the baseline's run is missing in this round: its ratios have nothing to go by
+            mine = [record(ttft=100, tpot=tpot, e2el=100 + 10 * tpot, tokens=11, policy=policy, rate=2.0,
+                           round_index=round_index)]
+            runs.append(run_row(policy, 2.0, round_index, mine, 1.0, None, warmup_failed=0))
+            records += mine
+    rows = {row["policy"]: row for row in aggregate_rows(runs, records, list(tpots), [2.0], None, baseline="a")}
+    assert rows["b"]["mean_tpot_vs_baseline"] == pytest.approx((1.5 + 1.0) / 2)  # the median of rounds 0 and 1
+    assert (rows["b"]["mean_tpot_vs_baseline_min"], rows["b"]["mean_tpot_vs_baseline_max"]) == (1.0, 1.5)
+    assert rows["a#2"]["mean_tpot_vs_baseline_min"] == pytest.approx(0.9)
+    assert rows["a"]["mean_tpot_vs_baseline"] == 1.0
+    single = aggregate_rows(runs[:1] + runs[2:3], records, ["a", "b"], [2.0], None, baseline="a")
+    assert single[1]["mean_tpot_vs_baseline"] == 1.5 and "mean_tpot_vs_baseline_min" not in single[1]
+    assert "mean_tpot_vs_baseline" not in aggregate_rows(runs, records, list(tpots), [2.0], None)[0]
+
+    md = markdown_tables({"rows": list(rows.values()), "config": {"baseline": "a"}})
+    assert "mean TPOT vs a, per round" in md and "| 1.25 (1.00-1.50)" in md
+
+    config = BenchConfig(policies=["none", "none#2", "fixed:4"])
+    assert config.baseline_policy == config.to_json()["baseline"] == "none" and [server_policy(p) for p in config.policies] == ["none", "none", "fixed:4"]
+    with pytest.raises(ValueError, match="none#2"):
+        BenchConfig(policies=["none", "none"])
+    with pytest.raises(ValueError, match="baseline"):
+        BenchConfig(policies=["none", "fixed:4"], baseline="fixed:2")
+    with pytest.raises(ValueError, match="non-empty"):
+        BenchConfig(policies=["none", "#2"])
 
 
 def test_request_record_times_chunks_as_vllm() -> None:
@@ -223,7 +256,8 @@ def test_run_order_interleaves_and_rotates() -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--request-rate", "0"], ["--request-rate", "x"], ["--burstiness", "-1"], ["--goodput", "itl:5"],
-    ["--slo-class", "chat"], ["--policies", "none,,fixed:2"], ["--target", "localhost"], ["--num-requests", "0"],
+    ["--slo-class", "chat"], ["--policies", "none,,fixed:2"], ["--policies", "none,none"], ["--target", "localhost"],
+    ["--num-requests", "0"],
     ["--backend", "grpc"],
 ])
 def test_bad_options_are_argparse_errors(argv: list[str], capsys) -> None:
@@ -311,18 +345,21 @@ def test_bench_end_to_end(stack, tmp_path: Path) -> None:
 
 def test_bench_cli_against_a_running_stack(stack, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli" / "bench.json"
-    rc = main(["bench", "--target", stack.address, "--policies", "fixed:2", "--request-rate", "inf",
-               "--num-requests", "2", "--input-len", "24", "--output-len", "6", "--warmup-requests", "0",
-               "--max-concurrency", "1", "--slo-tpot-ms", "2000", "--goodput", "ttft:5000", "tpot:2000",
-               "--output-json", str(out)])
+    rc = main(["bench", "--target", stack.address, "--policies", "fixed:2,fixed:2#again", "--baseline",
+               "fixed:2#again", "--request-rate", "inf", "--num-requests", "2", "--input-len", "24", "--output-len", "6",
+               "--warmup-requests", "0", "--max-concurrency", "1", "--slo-tpot-ms", "2000", "--goodput", "ttft:5000",
+               "tpot:2000", "--output-json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| fixed:2" in printed and str(out) in printed
+    assert "| fixed:2 " in printed and "| fixed:2#again" in printed and str(out) in printed
+    assert "mean TPOT vs fixed:2#again, per round" in printed
     saved = json.loads(out.read_text())
-    row = saved["rows"][0]
+    row, again = saved["rows"]
     assert (row["policy"], row["rate"], row["requests"], row["failed"]) == ("fixed:2", "inf", 2, 0)
+    assert again["mean_tpot_vs_baseline"] == 1.0 and row["mean_tpot_vs_baseline"] > 0
     assert saved["config"]["goodput"] == {"ttft": 5000.0, "tpot": 2000.0} and row["goodput"] > 0
-    first, second = sorted(saved["requests"], key=lambda r: r["send_s"])
+    assert {r["server_policy"] for r in saved["requests"]} == {"fixed:2"}  # the tag is the bench's, not the server's
+    first, second = sorted((r for r in saved["requests"] if r["policy"] == "fixed:2"), key=lambda r: r["send_s"])
     assert second["send_s"] >= first["send_s"] + first["e2el_ms"] / 1e3  # --max-concurrency 1: one after the other
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").stat().st_size > 0
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adaspec.bench.backend import BACKENDS
-from adaspec.bench.config import BenchConfig
+from adaspec.bench.config import TAG, BenchConfig, server_policy
 from adaspec.bench.datasets import DATASETS
 from adaspec.bench.slo import parse_goodput, parse_slo_class
 
@@ -55,8 +55,9 @@ def _host_port(text: str) -> str:
 
 def _policies(text: str) -> list[str]:
     policies = [p.strip() for p in text.split(",")]
-    if not all(policies) or len(set(policies)) != len(policies):
-        raise ValueError(f"expected distinct comma-separated policies such as none,fixed:4, got {text!r}")
+    if not all(map(server_policy, policies)) or len(set(policies)) != len(policies):
+        raise ValueError(f"expected distinct comma-separated policies such as none,fixed:4 (a second copy of one as "
+                         f"POLICY{TAG}TAG, e.g. none,none{TAG}2), got {text!r}")
     return policies
 
 
@@ -126,7 +127,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
     slo = parser.add_argument_group("policies and SLOs")
     slo.add_argument("--policies", type=_argument(_policies, "policies"), default=["none", "fixed:4"],
-                     help="comma-separated policies, passed to the server as they are (default: none,fixed:4)")
+                     help="comma-separated policies, passed to the server as they are (default: none,fixed:4); "
+                          f"POLICY{TAG}TAG runs POLICY under a name of its own: the baseline again (none,none{TAG}2) "
+                          "is an A/A pair, whose ratio shows how far two runs of one policy differ on the machine")
+    slo.add_argument("--baseline", metavar="POLICY",
+                     help="the policy of --policies that every run's mean TPOT is compared with, in the same round and "
+                          "at the same rate (default: the first)")
     slo.add_argument("--slo-ttft-ms", type=MILLISECONDS, help="TTFT SLO sent with every request")
     slo.add_argument("--slo-tpot-ms", type=MILLISECONDS, help="TPOT SLO sent with every request")
     slo.add_argument("--slo-class", type=_argument(parse_slo_class, "SLO class"), action="append", default=[],
@@ -159,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         tokenizer=args.tokenizer or args.target_model, temperature=args.temperature, ignore_eos=args.ignore_eos,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms, slo_classes=args.slo_class, goodput=args.goodput,
         rounds=args.rounds, alternate_rates=args.alternate_rates, backend=args.backend, model=args.model,
-        request_timeout_s=args.request_timeout, max_retries=args.max_retries)
+        request_timeout_s=args.request_timeout, max_retries=args.max_retries, baseline=args.baseline)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

@@ -14,10 +14,17 @@ from adaspec.bench.backend import BACKENDS
 from adaspec.bench.datasets import DATASETS
 from adaspec.bench.slo import GOODPUT_METRICS, SloClass, class_fractions
 
+TAG = "#"  # POLICY#TAG: a policy under a name of its own, e.g. a second copy of one for an A/A pair
+
+
+def server_policy(label: str) -> str:
+    """The policy string sent to the server for a bench policy `label` (`POLICY` or `POLICY#TAG`)."""
+    return label.partition(TAG)[0].strip()
+
 
 @dataclass
 class BenchConfig:
-    policies: list[str]  # passed through to the server, which validates them
+    policies: list[str]  # labels: POLICY (passed through to the server, which validates it) or POLICY#TAG
     request_rates: list[float] = field(default_factory=lambda: [math.inf])
     burstiness: float = 1.0
     max_concurrency: int | None = None
@@ -45,12 +52,16 @@ class BenchConfig:
     model: str | None = None  # the `openai` backend's model name (None: the server's first)
     request_timeout_s: float = 600.0
     max_retries: int = 3
+    baseline: str | None = None  # the policy every run's mean TPOT is compared with, round by round (None: the first)
 
     def __post_init__(self) -> None:
-        if not self.policies or any(not p.strip() for p in self.policies):
+        if not self.policies or any(not server_policy(p) for p in self.policies):
             raise ValueError(f"policies must be non-empty names, got {self.policies}")
         if len(set(self.policies)) != len(self.policies):
-            raise ValueError(f"policies must differ, got {self.policies}")
+            raise ValueError(f"policies must differ (a second copy of one, for an A/A pair, as POLICY{TAG}TAG, e.g. "
+                             f"none,none{TAG}2), got {self.policies}")
+        if self.baseline is not None and self.baseline not in self.policies:
+            raise ValueError(f"the baseline must be one of the policies {self.policies}, got {self.baseline!r}")
         if not self.request_rates or any(not r > 0 for r in self.request_rates):
             raise ValueError(f"request rates must be > 0 (or inf), got {self.request_rates}")
         if len(set(self.request_rates)) != len(self.request_rates):
@@ -89,8 +100,14 @@ class BenchConfig:
         """Whether requests carry an SLO (then SLO attainment is measured)."""
         return bool(self.slo_classes) or self.slo_ttft_ms is not None or self.slo_tpot_ms is not None
 
+    @property
+    def baseline_policy(self) -> str:
+        """The policy every run is compared with: `baseline`, or the first policy."""
+        return self.baseline if self.baseline is not None else self.policies[0]
+
     def to_json(self) -> dict:
         out = asdict(self)
+        out["baseline"] = self.baseline_policy
         out["request_rates"] = [r if math.isfinite(r) else "inf" for r in self.request_rates]
         out["burstiness"] = self.burstiness if math.isfinite(self.burstiness) else "inf"
         return out

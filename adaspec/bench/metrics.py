@@ -11,6 +11,10 @@
 - `mean_k`: mean over completed requests of each one's mean k; `acceptance_rate`: accepted / drafted tokens
   summed over completed requests.
 - `classes`: with SLO classes, per class: requests, SLO attainment, TTFT and TPOT, goodput (over the run's duration).
+- `mean_tpot_vs_baseline`: the run's mean TPOT over the baseline policy's in the same round and at the same rate;
+  with several rounds the median of those ratios, and their min and max as `_min` / `_max`. A ratio of two runs
+  moments apart is what this machine's drift leaves comparable; an A/A pair (the baseline again as `POLICY#TAG`)
+  shows how far two runs of the same policy differ.
 """
 
 from __future__ import annotations
@@ -107,10 +111,12 @@ def run_row(policy: str, rate: float, round_index: int, records: list[dict], dur
 
 
 def aggregate_rows(runs: list[dict], records: list[dict], policies: list[str], rates: list[float],
-                   goodput: dict[str, float] | None) -> list[dict]:
+                   goodput: dict[str, float] | None, baseline: str | None = None) -> list[dict]:
     """One row per (rate, policy), in the configured orders: the metrics of the requests of all its rounds
     pooled over the rounds' summed duration (percentiles over every request, throughputs over the total time),
-    and with several rounds the min and max of each round's `SPREAD_KEYS` as `<key>_min` / `<key>_max`."""
+    with several rounds the min and max of each round's `SPREAD_KEYS` as `<key>_min` / `<key>_max`, and with a
+    `baseline` policy the ratios of its rounds' mean TPOT to the baseline's (module docstring)."""
+    base_tpot = {(run["rate"], run["round"]): run["mean_tpot_ms"] for run in runs if run["policy"] == baseline}
     rows = []
     for rate in rates:
         for policy in policies:
@@ -125,5 +131,16 @@ def aggregate_rows(runs: list[dict], records: list[dict], policies: list[str], r
                 for key in SPREAD_KEYS:
                     values = [run[key] for run in mine if run[key] is not None]
                     row[f"{key}_min"], row[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
+            if baseline is not None:
+                row.update(_ratios("mean_tpot_vs_baseline", [
+                    run["mean_tpot_ms"] / base for run in mine
+                    if run["mean_tpot_ms"] is not None and (base := base_tpot.get((rate, run["round"])))]))
             rows.append(row)
     return rows
+
+
+def _ratios(key: str, ratios: list[float]) -> dict:
+    """`key`: the median of per-round `ratios` (None without any); with several, also their `_min` and `_max`."""
+    if len(ratios) < 2:
+        return {key: ratios[0] if ratios else None}
+    return {key: float(np.median(ratios)), f"{key}_min": min(ratios), f"{key}_max": max(ratios)}

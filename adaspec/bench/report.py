@@ -39,15 +39,28 @@ def _limit(ms: float | None) -> str:
     return "-" if ms is None else f"{ms:g}"
 
 
+def _ratio(row: dict) -> str | None:
+    """The mean TPOT's ratio to the baseline's, per round: its median, and its range with several rounds."""
+    ratio = row.get("mean_tpot_vs_baseline")
+    if ratio is None:
+        return None
+    spread = _range(row, "mean_tpot_vs_baseline", ".2f")
+    return f"{ratio:.2f}" + (f" ({spread})" if spread else "")
+
+
 def markdown_tables(results: dict) -> str:
-    """The rows as a Markdown table (with the spread over rounds when there are several), then the per-class
-    table when SLO classes were used."""
+    """The rows as a Markdown table (with the spread over rounds when there are several, and the ratio to the
+    baseline policy when there is one and another policy), then the per-class table when SLO classes were used."""
     rows = results["rows"]
     columns = list(COLUMNS)
     if any("mean_tpot_ms_min" in row for row in rows):
         columns += SPREAD_COLUMNS
         rows = [{**row, "mean_tpot_range": _range(row, "mean_tpot_ms", ".1f"),
                  "slo_range": _range(row, "slo_attainment", ".0%")} for row in rows]
+    baseline = results.get("config", {}).get("baseline") or "baseline"
+    if len({row["policy"] for row in rows}) > 1 and any("mean_tpot_vs_baseline" in row for row in rows):
+        columns.append(("tpot_ratio", f"mean TPOT vs {baseline}, per round"))
+        rows = [{**row, "tpot_ratio": _ratio(row)} for row in rows]
     parts = [format_table(rows, columns, markdown=True)]
     class_rows = [{"policy": row["policy"], "rate": row["rate"], "class": name,
                    "slo": f"{_limit(figures['slo_ttft_ms'])} / {_limit(figures['slo_tpot_ms'])}", **figures}

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from adaspec.bench.arrivals import rate_label
 from adaspec.bench.backend import Backend, open_backend
-from adaspec.bench.config import BenchConfig
+from adaspec.bench.config import BenchConfig, server_policy
 from adaspec.bench.measure import timed_request
 from adaspec.bench.metrics import aggregate_rows, run_row
 from adaspec.bench.plan import run_order
@@ -39,7 +39,8 @@ def run_bench(config: BenchConfig, target: str) -> dict:
     runs, records = asyncio.run(_run_all(config, target, workload))
     return {
         "date": started, "target": target, "config": config.to_json(), "workload": workload.description,
-        "rows": aggregate_rows(runs, records, config.policies, config.request_rates, config.goodput),
+        "rows": aggregate_rows(runs, records, config.policies, config.request_rates, config.goodput,
+                               config.baseline_policy),
         "runs": runs, "requests": records,
     }
 
@@ -75,7 +76,7 @@ async def _warm_up(backend: Backend, workload: Workload, policy: str, config: Be
         request = workload.requests[i % n]
         short = dataclasses.replace(request, max_tokens=min(request.max_tokens, WARMUP_MAX_TOKENS))
         async with slots:
-            return await timed_request(backend, short, policy=policy, temperature=config.temperature,
+            return await timed_request(backend, short, policy=server_policy(policy), temperature=config.temperature,
                                        ignore_eos=config.ignore_eos)
 
     results = await asyncio.gather(*(one(i) for i in range(config.warmup_requests)))
@@ -91,7 +92,7 @@ async def _replay(backend: Backend, workload: Workload, rate: float, policy: str
         await asyncio.sleep(max(0.0, start + send_at - time.perf_counter()))
         async with slots:
             sent_s = time.perf_counter() - start
-            record = await timed_request(backend, request, policy=policy, temperature=config.temperature,
+            record = await timed_request(backend, request, policy=server_policy(policy), temperature=config.temperature,
                                          ignore_eos=config.ignore_eos)
         bar.update()
         return {**record, "send_s": sent_s}
