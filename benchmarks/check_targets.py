@@ -10,6 +10,8 @@ For each request rate, from the rows pooled over rounds (and each round's runs f
     (target: <= 1.03);
   - with --classes: the tight class's SLO attainment under adaspec against the best baseline's (target: >= 95 %
     wherever a baseline reaches 80 %).
+A policy's second copy (`POLICY#TAG`, an A/A pair) is no other policy: it is left out of the comparisons, and each
+rate's line gives the pair's ratio instead, round by round, as the noise floor the ratios above are read against.
 Prints Markdown tables (what the docs carry).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 
@@ -36,6 +39,19 @@ def spread(data: dict, policy: str, rate: float, key: str) -> str:
     return f" ({min(values):.3g}–{max(values):.3g})"
 
 
+def noise_floor(data: dict, copies: list[str], rate: float) -> str:
+    """Each A/A copy's mean TPOT over its original's, per round: the median and the range."""
+    parts = []
+    for copy in copies:
+        original = copy.partition("#")[0]
+        by_round = {(r["policy"], r["round"]): r["mean_tpot_ms"] for r in data["runs"] if r["rate"] == rate}
+        ratios = sorted(by_round[(copy, k)] / by_round[(original, k)] for p, k in by_round
+                        if p == copy and by_round.get((original, k)) and by_round[(copy, k)] is not None)
+        if ratios:
+            parts.append(f"{copy} / {original} {statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})")
+    return "; ".join(parts) or "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
@@ -45,12 +61,14 @@ def main() -> None:
     rows = {(r["policy"], r["rate"]): r for r in data["rows"]}
     policies = list(dict.fromkeys(r["policy"] for r in data["rows"]))
     rates = sorted({r["rate"] for r in data["rows"]})
+    copies = [p for p in policies if "#" in p]  # A/A pairs' second runs: the noise floor, not another policy
+    policies = [p for p in policies if p not in copies]
     static = [p for p in policies if p == "none" or p.startswith("fixed:")]
     others = [p for p in policies if p != "adaspec"]
 
     print("| rate | adaspec TPOT ms | best other (TPOT) | ratio | adaspec SLO | best other SLO | adaspec goodput | "
-          "best other goodput | best static (TPOT) | vs best static |")
-    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+          "best other goodput | best static (TPOT) | vs best static | A/A pair, per round |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
     worst_fixed4 = None
     for rate in rates:
         a = rows[("adaspec", rate)]
@@ -62,7 +80,8 @@ def main() -> None:
                                rows[(best_static, rate)]["mean_tpot_ms"])
         print(f"| {rate:g} | {t:.1f}{spread(data, 'adaspec', rate, 'mean_tpot_ms')} | {best} ({t_best:.1f}) | "
               f"{t / t_best:.3f} | {a['slo_attainment']:.0%} | {best_slo:.0%} | {a['goodput']:.2f} | "
-              f"{best_goodput:.2f} | {best_static} ({t_static:.1f}) | {t / t_static:.3f} |")
+              f"{best_goodput:.2f} | {best_static} ({t_static:.1f}) | {t / t_static:.3f} | "
+              f"{noise_floor(data, copies, rate)} |")
         if ("fixed:4", rate) in rows:
             gap = rows[("fixed:4", rate)]["mean_tpot_ms"] / rows[(best_static, rate)]["mean_tpot_ms"]
             if worst_fixed4 is None or gap > worst_fixed4[0]:
