@@ -14,7 +14,6 @@ from adaspec.speculation.acceptance import (
     brier_score,
     expected_calibration_error,
 )
-from adaspec.speculation.cycle_plan import MIN_PIPELINE, cycle_ms, cycle_plan
 from adaspec.speculation.draft_budget import DraftBudget, DraftStop
 from adaspec.speculation.efficiency import StepShape, expected_tokens, geometric_curve, plan, step_time_ms
 from adaspec.speculation.latency_profile import (
@@ -292,73 +291,6 @@ def test_at_a_gpus_batch_sizes_the_plan_keeps_every_pace_kept_and_drafts_for_man
                 assert (p.step_ms + tail) / e <= allowed[m] * (1 + 1e-9), (trial, m)
                 paced_drafting += p.ks[m] > 0
     assert drafting >= 30 and paced_drafting >= 100
-
-# ---- past saturation: the cycle of two halves ---------------------------------------------------------------------
-
-# This repository's CPU: verification compute-bound (0.14 ms a query token), a draft forward cheap.
-CPU_VERIFY = LatencyModel((5.75, 0.005, 0.14, 2.14, 0.14))
-CPU_DRAFT = LatencyModel((1.45, 0.02, 0.015, 0.44, 0.0))
-
-
-def saturated(n: int, draft_apart: bool = True, **load) -> StepContext:
-    """n requests of a replica past saturation: prompts wait for it, plain steps wait 10 ms outside their forwards
-    (prompt chunks), and a drafting step measured 20 ms more."""
-    fields = dict(batch=n, context=150, overhead_ms=10.0, draft_overhead_ms=20.0, draft_overhead_tail_ms=35.0,
-                  split_phases=True, draft_apart=draft_apart, prompt_backlog_tokens=300) | load
-    return StepContext(StepLoad(**fields), CPU_VERIFY, CPU_DRAFT, AcceptanceCalibrator(), 8)
-
-
-def test_a_cycle_is_two_half_verifications_with_the_other_halfs_drafting_behind_one_and_its_overhead_once():
-    half = CPU_VERIFY.predict(8, 8 * 3, 150)  # 16 requests at k = 2: 48 query tokens, half each
-    drafting = 2.0 + 2 * CPU_DRAFT.predict(8, 8, 150)  # what drafting measured beyond the forwards, and two forwards
-    hidden = cycle_ms(saturated(16, draft_overhead_ms=2.0), [2] * 16)
-    assert drafting < half and hidden == pytest.approx(10.0 + 2 * half)
-    assert cycle_ms(saturated(16), [2] * 16) == pytest.approx(10.0 + half + 20.0 + 2 * CPU_DRAFT.predict(8, 8, 150))
-    odd = saturated(5, other_tokens=3)
-    assert cycle_ms(odd, [1, 1, 1, 0, 0]) == pytest.approx(10.0 + CPU_VERIFY.predict(3, 6, 150) + max(
-        CPU_VERIFY.predict(3, 6, 150), 20.0 + CPU_DRAFT.predict(2, 2, 150)))  # halves rounded up
-
-
-def test_past_saturation_everyone_drafts_the_same_k_where_the_step_plan_drafts_nothing():
-    """The step plan times a drafting step alone, its overhead and drafting included, and drafts nothing; the cycle
-    hides one half's drafting behind the other's verification and spreads the overhead over more tokens. Only where
-    the draft replica works apart, the batch is large and prompts wait (the replica has work beyond the step)."""
-    n = 24
-    requests = [with_acceptance(0.7) for _ in range(n)]
-    policy = AdaSpec()
-    p = policy.plan(requests, saturated(n))
-    assert set(p.ks) == {p.ks[0]} and p.ks[0] >= 1 and p.caps == p.ks and p.thresholds == [0.0] * n
-    assert p.step_ms == pytest.approx(cycle_ms(saturated(n), p.ks))
-    budgets = policy.budgets(requests, saturated(n))
-    assert {(b.max_tokens, b.min_accept_prob) for b in budgets} == {(p.ks[0], 0.0)}  # all k drafted, as assumed
-    fresh = [with_acceptance(0.7) for _ in range(n)]  # not drafting yet (the budgets above set the hysteresis)
-    assert not any(policy.plan(fresh, saturated(n, draft_apart=False)).ks)  # the engine: one process, nothing hidden
-    assert not any(policy.plan(fresh, saturated(n, prompt_backlog_tokens=0)).ks)  # gaps: no other half waits
-    assert not any(policy.plan(fresh[:MIN_PIPELINE - 1], saturated(MIN_PIPELINE - 1)).ks)  # no halves to take turns
-    curves, weights, allowed, caps = [geometric_curve(0.7, 8)] * n, [1.0] * n, [math.inf] * n, [8] * n
-    assert cycle_plan(saturated(n), curves, weights, allowed, caps, step_goodput=p.goodput) is None  # not better
-    assert cycle_plan(saturated(n), [geometric_curve(0.05, 8)] * n, weights, allowed, caps, 0.0) is None  # no gain
-
-
-def test_the_cycle_keeps_the_pace_of_every_request_that_keeps_it_in_a_plain_step():
-    n = 24
-    ctx = saturated(n)
-    plain_ms = step_time_ms(ctx, [0] * n)
-    curves, weights, caps = [geometric_curve(0.7, 8)] * n, [1.0] * n, [8] * n
-    free = cycle_plan(ctx, curves, weights, [math.inf] * n, caps, 0.0)
-    e = expected_tokens(curves[0][:free.ks[0]])
-    assert free.step_ms / e < plain_ms  # each request's tokens come faster in the cycle
-    # a request with no room to draft commits one token a cycle: where it keeps its pace in a plain step and a cycle
-    # is longer than its allowed time, no cycle is taken; with time enough for the cycle, the one that fits is
-    no_room = [0] + [8] * (n - 1)
-    assert free.step_ms > plain_ms * 1.1 and cycle_plan(ctx, curves, weights, [plain_ms * 1.1] + [math.inf] * (n - 1),
-                                                        no_room, 0.0) is None
-    fits = cycle_plan(ctx, curves, weights, [free.step_ms * 1.01] + [math.inf] * (n - 1), no_room, 0.0)
-    assert fits is not None and fits.ks[0] == 0 and fits.step_ms <= free.step_ms * 1.01
-    # one already behind (its allowed time below the plain step's) does not veto: it is weighted instead
-    assert cycle_plan(ctx, curves, weights, [plain_ms * 0.5] + [math.inf] * (n - 1), caps, 0.0).ks == free.ks
-    assert cycle_plan(ctx, curves, weights, [math.inf] * n, [2] * 12 + [8] * 12, 0.0).ks[0] <= 2  # each in its room
-
 
 # ---- the drafter's stop rule ----------------------------------------------------------------------------------
 

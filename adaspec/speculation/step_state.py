@@ -86,11 +86,6 @@ class StepLoad:
     # Planned requests that draft nothing do not wait for those that draft: their steps go ahead in a verify forward
     # of their own (the services). In the engine every request of a step waits for its drafts: False.
     split_phases: bool = False
-    # The draft model runs apart from the verify model (a replica of its own), so one half of a batch can draft while
-    # the other is verified (`cycle_plan`). In the engine both run in turn in one process: False.
-    draft_apart: bool = False
-    # prompt tokens waiting for their prefill on the verify replica: it has work beyond this step (`cycle_plan`)
-    prompt_backlog_tokens: int = 0
 
 
 @dataclass

@@ -142,9 +142,7 @@ class RequestRun:
         self.draft: Session | None = None
         self.failed_verify: set[str] = set()  # verify replicas that failed or refused this request
         p = spec.params
-        # the prompt's length estimated until the verify replica has tokenised it (its first reply)
-        state = RequestState(context_tokens=spec.prompt_tokens, output_tokens=0, remaining_tokens=p.max_tokens,
-                             greedy=p.greedy,
+        state = RequestState(context_tokens=0, output_tokens=0, remaining_tokens=p.max_tokens, greedy=p.greedy,
                              ttft_slo_s=None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3,
                              tpot_slo_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
         self.speculation = RequestSpeculation(steps, spec.policy, state, p.max_tokens)

@@ -144,11 +144,6 @@ class Steps:
                 if r not in skip]
         return min((c for c in caps if 0 < c < math.inf), default=math.inf)
 
-    def waiting_prompt_tokens(self, replica_id: str) -> int:
-        """The prompt tokens of this coordinator's requests on the replica still waiting for their first token (the
-        heartbeat's count of them is up to half a second old)."""
-        return sum(r.state.context_tokens for r in self.on_replica.get(replica_id, ()) if r.first_token is None)
-
     def joint_budget(self, asking: RequestSpeculation) -> tuple[DraftBudget, PlannedForwards | None]:
         """`asking`'s budget from its policy's plan of every request of this coordinator on its replica that uses
         the policy (module docstring), and the planned step's forwards (None without a latency model)."""
@@ -255,9 +250,7 @@ class RequestSpeculation:
             draft_overhead_ms=draft_overhead_ms, draft_overhead_tail_ms=draft_overhead_tail_ms,
             # only plans read the cap: a rule of a request's own would pay a scan of the replica's requests each step
             step_cap_ms=self.steps.step_cap_ms(self.verify_id, planned) if self.policy.needs_profile else math.inf,
-            split_phases=True, draft_apart=True,
-            prompt_backlog_tokens=max(verify.queued_tokens, self.steps.waiting_prompt_tokens(self.verify_id))
-            if self.policy.needs_profile else 0)
+            split_phases=True)
         return StepContext(load, model, latency_model(draft), view.calibrator, self.steps.max_spec_len)
 
     def budget(self, room: int) -> DraftBudget:

@@ -5,16 +5,13 @@ The plan (`efficiency.plan`) gives each request k drafts where a token buys more
 weighted by how far the request is behind its TPOT SLO, never lengthening the step past what any
 request's SLO allows, with a margin before the batch starts or stops drafting. The drafter then stops
 each request on its live confidences: it drafts on while the next draft's P_j, from this request's
-calibrated acceptance curve, is expected to clear the marginal cost of drafting it. Past saturation, where the
-draft replica works apart from the verify replica, the same k for every request in the cycle of two halves
-(`cycle_plan`) is taken instead where it does better.
+calibrated acceptance curve, is expected to clear the marginal cost of drafting it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaspec.speculation.cycle_plan import cycle_plan
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
 from adaspec.speculation.efficiency import Plan, geometric_curve, plan, slo_weight
 from adaspec.speculation.policies.base import Policy
@@ -29,16 +26,16 @@ class AdaSpec(Policy):
 
     def plan(self, requests: Sequence[RequestState], ctx: StepContext) -> Plan:
         k = ctx.max_spec_len
-        curves = [geometric_curve(r.acceptance_rate(ctx.calibrator), k) for r in requests]
-        weights = [slo_weight(r.pace()) for r in requests]
-        allowed = [r.allowed_token_ms(SLO_MARGIN) for r in requests]
-        caps = [min(k, max(0, r.remaining_tokens - 1)) for r in requests]
+        curves = []
+        for r in requests:
+            curves.append(geometric_curve(r.acceptance_rate(ctx.calibrator), k))
         drafting = sum(r.memo.get("drafting", False) for r in requests) * 2 >= len(requests)
-        margin = -SWITCH_MARGIN if drafting else SWITCH_MARGIN
-        step = plan(ctx, curves, weights, allowed, caps, switch_margin=margin,
+        return plan(ctx, curves, [slo_weight(r.pace()) for r in requests],
+                    [r.allowed_token_ms(SLO_MARGIN) for r in requests],
+                    [min(k, max(0, r.remaining_tokens - 1)) for r in requests],
+                    switch_margin=-SWITCH_MARGIN if drafting else SWITCH_MARGIN,
                     draft_lags=[r.draft_lag_tokens for r in requests],
                     tokens_left=[r.remaining_tokens for r in requests])
-        return cycle_plan(ctx, curves, weights, allowed, caps, step.goodput, margin) or step
 
     def budgets(self, requests: Sequence[RequestState], ctx: StepContext) -> list[DraftBudget]:
         p = self.plan(requests, ctx)
@@ -52,4 +49,3 @@ class AdaSpec(Policy):
             curve = r.acceptance.curve(ctx.calibrator.curve(r.greedy)).rounded()
             budgets.append(DraftBudget(max(k, cap), min_accept_prob=round(min(threshold, 1.0), 3), curve=curve))
         return budgets
-
