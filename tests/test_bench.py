@@ -141,7 +141,8 @@ def test_rows_compare_each_round_with_the_baseline_and_tagged_copies_are_policie
     assert "mean TPOT vs a, per round" in md and "| 1.25 (1.00-1.50)" in md
 
     config = BenchConfig(policies=["none", "none#2", "fixed:4"])
-    assert config.baseline_policy == config.to_json()["baseline"] == "none" and [server_policy(p) for p in config.policies] == ["none", "none", "fixed:4"]
+    assert config.baseline_policy == config.to_json()["baseline"] == "none"
+    assert [server_policy(p) for p in config.policies] == ["none", "none", "fixed:4"]
     with pytest.raises(ValueError, match="none#2"):
         BenchConfig(policies=["none", "none"])
     with pytest.raises(ValueError, match="baseline"):
@@ -257,8 +258,7 @@ def test_run_order_interleaves_and_rotates() -> None:
 @pytest.mark.parametrize("argv", [
     ["--request-rate", "0"], ["--request-rate", "x"], ["--burstiness", "-1"], ["--goodput", "itl:5"],
     ["--slo-class", "chat"], ["--policies", "none,,fixed:2"], ["--policies", "none,none"], ["--target", "localhost"],
-    ["--num-requests", "0"],
-    ["--backend", "grpc"],
+    ["--num-requests", "0"], ["--backend", "grpc"],
 ])
 def test_bad_options_are_argparse_errors(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -346,9 +346,9 @@ def test_bench_end_to_end(stack, tmp_path: Path) -> None:
 def test_bench_cli_against_a_running_stack(stack, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli" / "bench.json"
     rc = main(["bench", "--target", stack.address, "--policies", "fixed:2,fixed:2#again", "--baseline",
-               "fixed:2#again", "--request-rate", "inf", "--num-requests", "2", "--input-len", "24", "--output-len", "6",
-               "--warmup-requests", "0", "--max-concurrency", "1", "--slo-tpot-ms", "2000", "--goodput", "ttft:5000",
-               "tpot:2000", "--output-json", str(out)])
+               "fixed:2#again", "--request-rate", "inf", "--num-requests", "2", "--input-len", "24",
+               "--output-len", "6", "--warmup-requests", "0", "--max-concurrency", "1", "--slo-tpot-ms", "2000",
+               "--goodput", "ttft:5000", "tpot:2000", "--output-json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| fixed:2 " in printed and "| fixed:2#again" in printed and str(out) in printed
