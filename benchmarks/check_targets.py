@@ -23,6 +23,8 @@ import math
 import statistics
 from pathlib import Path
 
+from adaspec.bench.config import TAG, server_policy
+
 
 def load(path: Path) -> dict:
     data = json.loads(path.read_text())
@@ -41,12 +43,12 @@ def spread(data: dict, policy: str, rate: float, key: str) -> str:
 
 def noise_floor(data: dict, copies: list[str], rate: float) -> str:
     """Each A/A copy's mean TPOT over its original's, per round: the median and the range."""
+    by_round = {(r["policy"], r["round"]): r["mean_tpot_ms"] for r in data["runs"] if r["rate"] == rate}
     parts = []
     for copy in copies:
-        original = copy.partition("#")[0]
-        by_round = {(r["policy"], r["round"]): r["mean_tpot_ms"] for r in data["runs"] if r["rate"] == rate}
-        ratios = sorted(by_round[(copy, k)] / by_round[(original, k)] for p, k in by_round
-                        if p == copy and by_round.get((original, k)) and by_round[(copy, k)] is not None)
+        original = server_policy(copy)
+        ratios = sorted(tpot / by_round[(original, k)] for (p, k), tpot in by_round.items()
+                        if p == copy and tpot is not None and by_round.get((original, k)))
         if ratios:
             parts.append(f"{copy} / {original} {statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})")
     return "; ".join(parts) or "-"
@@ -61,7 +63,7 @@ def main() -> None:
     rows = {(r["policy"], r["rate"]): r for r in data["rows"]}
     policies = list(dict.fromkeys(r["policy"] for r in data["rows"]))
     rates = sorted({r["rate"] for r in data["rows"]})
-    copies = [p for p in policies if "#" in p]  # A/A pairs' second runs: the noise floor, not another policy
+    copies = [p for p in policies if TAG in p]  # A/A pairs' second runs: the noise floor, not another policy
     policies = [p for p in policies if p not in copies]
     static = [p for p in policies if p == "none" or p.startswith("fixed:")]
     others = [p for p in policies if p != "adaspec"]
