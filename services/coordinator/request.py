@@ -20,115 +20,27 @@ same token for token; sampled output keeps the target's distribution). The faile
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import grpc
-from adaspec.services.coordinator.router import NoCapacity, NoReplica, Router, RouteRequest
+from adaspec.services.coordinator.replica_session import Session, open_session
+from adaspec.services.coordinator.request_failure import PASS_THROUGH, RequestFailed, downstream_status
+from adaspec.services.coordinator.request_record import Counters, RequestSpec, finished_attributes, request_stats
+from adaspec.services.coordinator.router import Router, RouteRequest
 from adaspec.services.coordinator.speculation import RequestSpeculation, Steps
-from grpc_status import rpc_status
 from opentelemetry import trace
 
-from adaspec.errors import rich_status, rich_status_of
-from adaspec.loadstore import ReplicaLoad
-from adaspec.sampling_params import SamplingParams
 from adaspec.service_runtime import tracing
 from adaspec.service_runtime.convert import params_to_proto
 from adaspec.service_runtime.metrics import CoordinatorMetrics
-from adaspec.speculation.policies import Policy
 from adaspec.speculation.step_state import RequestState
 from adaspec.v1 import common_pb2, coordinator_pb2, draft_pb2, verify_pb2
 
 log = logging.getLogger(__name__)
-# Sessions run on the replica's link (one stream per coordinator and replica): (method, serialize, parse)
-SESSION_LINKS = {
-    "verify": (f"/{verify_pb2.DESCRIPTOR.services_by_name['Verify'].full_name}/Link",
-               verify_pb2.VerifyRequest.SerializeToString, verify_pb2.VerifyResponse.FromString),
-    "draft": (f"/{draft_pb2.DESCRIPTOR.services_by_name['Draft'].full_name}/Link",
-              draft_pb2.DraftRequest.SerializeToString, draft_pb2.DraftResponse.FromString),
-}
-PASS_THROUGH = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
-
-
-class RequestFailed(Exception):
-    def __init__(self, status: grpc.Status):
-        super().__init__(status.details)
-        self.status = status
-
-
-@dataclass
-class RequestSpec:
-    request_id: str
-    prompt: str | list[int]
-    params: SamplingParams  # seed resolved: draft and verify sessions share it
-    policy: Policy  # the coordinator's instance for the request's policy string
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
-    deadline: float | None = None  # time.monotonic() by which the request must end
-
-    @property
-    def prompt_tokens(self) -> int:
-        """The prompt's length in tokens, estimated for text (~4 characters a token) until a replica tokenises it."""
-        return len(self.prompt) // 4 + 1 if isinstance(self.prompt, str) else len(self.prompt)
-
-
-@dataclass
-class Counters:
-    start: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    prompt_token_ids: list[int] = field(default_factory=list)  # as the verify pool tokenised the prompt
-    output_ids: list[int] = field(default_factory=list)
-    text_chars: int = 0  # output text streamed so far, in code points
-    resumed: int = 0  # verify replicas replaced mid-request
-    steps: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-
-    @property
-    def output_tokens(self) -> int:
-        return len(self.output_ids)
-
-
-class Session:
-    """One open session stream (a `LinkStream`) and the lease it holds."""
-
-    def __init__(self, call, replica: ReplicaLoad, lease_id: str, router: Router):
-        self.call, self.replica, self.lease_id, self.router = call, replica, lease_id, router
-        self.sent_ahead = False  # the message of the next exchange is already on the wire
-
-    async def exchange(self, message, next_message=None):
-        """Send `message` (unless it went ahead) and read the reply. `next_message`, when the next exchange's
-        message is known before this reply (a step without drafts), goes out at once: the replica finds it
-        waiting when its step ends instead of waiting a round trip through the coordinator."""
-        if not self.sent_ahead:
-            await self.call.write(message)
-        self.sent_ahead = next_message is not None
-        if next_message is not None:
-            await self.call.write(next_message)
-        return await self.receive()
-
-    async def receive(self):
-        reply = await self.call.read()
-        if reply is grpc.aio.EOF:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                       details=f"{self.replica.replica_id} ended the session")
-        return reply
-
-    async def close(self, ok: bool) -> None:
-        try:
-            if ok:
-                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                    await self.call.done_writing()
-        finally:  # also when cancelled while half-closing
-            self.call.cancel()  # no-op once the server has ended the call
-            # shielded: a second cancel landing in the store's round trip would leave the lease held until it expires
-            await asyncio.shield(self.router.release(self.replica, self.lease_id))
 
 
 class RequestRun:
@@ -360,7 +272,8 @@ class RequestRun:
             self.metrics.finished(stats.policy, stats.ttft_ms / 1e3, tpot_s, time.perf_counter() - c.start,
                                   stats.slo_met)
             if self.span.is_recording():
-                self.span.set_attributes(finished_attributes(stats, reply.finish_reason, self.verify))
+                self.span.set_attributes(finished_attributes(stats, reply.finish_reason,
+                                                             self.verify.replica.model if self.verify else ""))
         return message
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -387,19 +300,10 @@ class RequestRun:
 
     async def _open(self, kind: str, exclude: set[str]) -> Session:
         spec = self.spec
-        lease_id = f"{spec.request_id}/{uuid.uuid4().hex[:12]}"  # a session's own: request ids are the caller's
         route = RouteRequest(spec.prompt_tokens + self.counters.output_tokens, spec.params.greedy, spec.slo_ttft_ms,
                              spec.slo_tpot_ms)
-        try:
-            replica = await self.router.acquire(kind, lease_id, exclude, route)
-        except NoReplica as error:
-            raise RequestFailed(rich_status(grpc.StatusCode.UNAVAILABLE, str(error), retry_after_s=1.0)) from error
-        except NoCapacity as error:
-            raise RequestFailed(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error),
-                                            retry_after_s=0.5)) from error
-        timeout = None if self.spec.deadline is None else max(0.0, self.spec.deadline - time.monotonic())
-        call = self.channels.links.open(replica.address, *SESSION_LINKS[kind], timeout=timeout)
-        return Session(call, replica, lease_id, self.router)
+        return await open_session(self.router, self.channels.links, kind, spec.request_id, exclude, route,
+                                  spec.deadline)
 
     async def _drop_draft(self, error: Exception) -> None:
         rpc = isinstance(error, grpc.aio.AioRpcError)
@@ -415,45 +319,5 @@ class RequestRun:
         self.draft_failed = True
 
     def stats(self) -> coordinator_pb2.RequestStats:
-        c, spec = self.counters, self.spec
-        ttft_ms = (c.first_token - c.start) * 1e3
-        tpot_ms = (time.perf_counter() - c.first_token) * 1e3 / (c.output_tokens - 1) if c.output_tokens > 1 else 0.0
-        slo_met = (spec.slo_ttft_ms is None or ttft_ms <= spec.slo_ttft_ms) and (
-            spec.slo_tpot_ms is None or c.output_tokens < 2 or tpot_ms <= spec.slo_tpot_ms)
-        return coordinator_pb2.RequestStats(
-            request_id=spec.request_id, prompt_tokens=len(c.prompt_token_ids), output_tokens=c.output_tokens,
-            ttft_ms=ttft_ms, tpot_ms=tpot_ms, steps=c.steps, draft_tokens=c.draft_tokens,
-            accepted_tokens=c.accepted_tokens,
-            acceptance_rate=c.accepted_tokens / c.draft_tokens if c.draft_tokens else 0.0,
-            mean_k=c.draft_tokens / c.steps if c.steps else 0.0, policy=str(spec.policy),
-            verify_replica=self.verify.replica.replica_id if self.verify else "",
-            draft_replica=self.draft.replica.replica_id if self.draft else "", slo_met=slo_met,
-            verify_resumes=c.resumed, trace_id=tracing.trace_id(self.span),
-        )
-
-
-def finished_attributes(stats: coordinator_pb2.RequestStats, finish_reason: str, verify: Session | None) -> dict:
-    """A finished request's span attributes: the GenAI semantic conventions', then AdaSpec's."""
-    return {
-        "gen_ai.usage.input_tokens": stats.prompt_tokens, "gen_ai.usage.output_tokens": stats.output_tokens,
-        "gen_ai.response.finish_reasons": [finish_reason],
-        **({"gen_ai.response.model": verify.replica.model} if verify is not None and verify.replica.model else {}),
-        "adaspec.ttft_ms": stats.ttft_ms, "adaspec.tpot_ms": stats.tpot_ms, "adaspec.slo_met": stats.slo_met,
-        "adaspec.steps": stats.steps, "adaspec.draft_tokens": stats.draft_tokens,
-        "adaspec.accepted_tokens": stats.accepted_tokens, "adaspec.verify_replica": stats.verify_replica,
-        "adaspec.draft_replica": stats.draft_replica, "adaspec.verify_resumes": stats.verify_resumes,
-    }
-
-
-def downstream_status(error: grpc.aio.AioRpcError, replica: ReplicaLoad, tokens_sent: int = 0) -> grpc.Status:
-    """The status to end the request with, for a failed verify call: a rejection passes through with its
-    details; a replica that failed becomes UNAVAILABLE naming it and how far the request got."""
-    code = error.code()
-    if code in PASS_THROUGH or code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        status = rich_status_of(error)
-        return rpc_status.to_status(status) if status is not None else rich_status(code, error.details() or code.name)
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return rich_status(code, f"deadline exceeded after {tokens_sent} tokens")
-    return rich_status(grpc.StatusCode.UNAVAILABLE,
-                       f"verify replica {replica.replica_id} ({replica.address}) failed after {tokens_sent} tokens: "
-                       f"{code.name}: {error.details()}")
+        return request_stats(self.spec, self.counters, self.verify.replica.replica_id if self.verify else "",
+                             self.draft.replica.replica_id if self.draft else "", tracing.trace_id(self.span))

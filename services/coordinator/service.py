@@ -17,7 +17,9 @@ import uuid
 import grpc
 from adaspec.services.coordinator.leases import Leases
 from adaspec.services.coordinator.load_view import LoadView
-from adaspec.services.coordinator.request import RequestFailed, RequestRun, RequestSpec
+from adaspec.services.coordinator.request import RequestRun
+from adaspec.services.coordinator.request_failure import RequestFailed
+from adaspec.services.coordinator.request_record import RequestSpec
 from adaspec.services.coordinator.router import Router
 from adaspec.services.coordinator.speculation import Steps
 from opentelemetry import context as otel_context
