@@ -22,7 +22,9 @@ serves each of the group's requests once, so the group is planned once per step:
 starts the next step's plan, however far apart the event loop gets to the step's replies (a plan per reply would
 cost the loop the square of the batch each step, and a loop that busy accepts no new calls); a plan older than
 `PLAN_MAX_AGE_S` is not used (a request asking for the first time then, e.g. one that waited in the replica's
-queue, gets the group's present state). The other
+queue, gets the group's present state). A plan in which no request drafts serves the group's steps for up to
+`PLAIN_PLAN_MAX_AGE_S` (past saturation, where it is the rule, planning every step cost `adaspec` a tenth of its
+TPOT on two cores against `none`), so drafting starts again at most that late once the load falls. The other
 sessions of the replica (other policies, other coordinators) are its load, as in the engine; the SLOs of
 this coordinator's requests outside the group cap the step.
 
@@ -54,6 +56,7 @@ OVERHEAD_WEIGHT = 0.05
 DRAFT_SAMPLES = 32
 STALE_HALF_LIFE_S = 5.0
 PLAN_MAX_AGE_S = 0.25  # several steps, even of a replica's largest batch on a loaded event loop
+PLAIN_PLAN_MAX_AGE_S = 0.1  # several steps of a loaded replica; short beside a request's life
 
 
 class RecentSamples:
@@ -110,6 +113,11 @@ class JointPlan:
         self.shape = StepShape.of([b.max_tokens for b in self.budgets.values()],
                                   [r.state.draft_lag_tokens for r in self.budgets])
 
+    @property
+    def plain(self) -> bool:
+        """No request of the plan drafts."""
+        return not self.shape.drafting_rows
+
     def forwards(self, asking: RequestSpeculation) -> PlannedForwards:
         return PlannedForwards(self.ctx, self.shape, self.budgets[asking].max_tokens, asking.state.draft_lag_tokens)
 
@@ -150,8 +158,9 @@ class Steps:
         key = (asking.verify_id, asking.policy)
         now = time.perf_counter()
         plan = self._plans.get(key)
-        if (plan is None or asking in plan.given or asking not in plan.budgets  # a new step, or a new request
-                or now - plan.at > PLAN_MAX_AGE_S):
+        reused = plan is not None and plan.plain and asking in plan.budgets and now - plan.at <= PLAIN_PLAN_MAX_AGE_S
+        if not reused and (plan is None or asking in plan.given or asking not in plan.budgets  # a new step or request
+                           or now - plan.at > PLAN_MAX_AGE_S):
             group = [r for r in self.on_replica[asking.verify_id] if r.policy is asking.policy] or [asking]
             for r in group:
                 r.update(now)
