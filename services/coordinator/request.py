@@ -15,6 +15,9 @@ from the verify pool).
 A verify replica that becomes unavailable mid-request is replaced: the request reopens on another
 replica with the tokens committed so far and goes on from there, still lossless (greedy output is the
 same token for token; sampled output keeps the target's distribution). The failed step's drafts are dropped.
+
+Its sessions with the replicas are `replica_session`'s, the status it fails with `request_failure`'s, and what it asked
+for and has done, with how that is reported, `request_record`'s.
 """
 
 from __future__ import annotations
