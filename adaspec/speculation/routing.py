@@ -82,7 +82,7 @@ def rank(predictions: Sequence[RoutePrediction]) -> list[RoutePrediction]:
     best = max(p.slack for p in meeting)
     if math.isinf(best):  # no SLO: the fastest, ties by load
         fastest = min(p.tpot_ms for p in meeting)
-        key = lambda p: (p.tpot_ms > fastest * (1 + TIE), p.load, p.tpot_ms, p.replica_id)  # noqa: E731
+        key = lambda p: (p.tpot_ms > fastest * (1 + TIE), p.load, p.tpot_ms, p.replica_id)
     else:
-        key = lambda p: (p.slack < best - TIE, p.load, -p.slack, p.replica_id)  # noqa: E731
+        key = lambda p: (p.slack < best - TIE, p.load, -p.slack, p.replica_id)
     return sorted(meeting, key=key) + sorted([p for p in predictions if p.slack < 0], key=lambda p: -p.slack)
