@@ -24,6 +24,7 @@ import statistics
 from pathlib import Path
 
 from adaspec.bench.config import TAG, server_policy
+from adaspec.bench.metrics import round_ratios
 
 
 def load(path: Path) -> dict:
@@ -43,14 +44,12 @@ def spread(data: dict, policy: str, rate: float, key: str) -> str:
 
 def noise_floor(data: dict, copies: list[str], rate: float) -> str:
     """Each A/A copy's mean TPOT over its original's, per round: the median and the range."""
-    by_round = {(r["policy"], r["round"]): r["mean_tpot_ms"] for r in data["runs"] if r["rate"] == rate}
     parts = []
     for copy in copies:
         original = server_policy(copy)
-        ratios = sorted(tpot / by_round[(original, k)] for (p, k), tpot in by_round.items()
-                        if p == copy and tpot is not None and by_round.get((original, k)))
+        ratios = round_ratios(data["runs"], copy, original, rate)
         if ratios:
-            parts.append(f"{copy} / {original} {statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})")
+            parts.append(f"{copy} / {original} {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
     return "; ".join(parts) or "-"
 
 

@@ -116,7 +116,6 @@ def aggregate_rows(runs: list[dict], records: list[dict], policies: list[str], r
     pooled over the rounds' summed duration (percentiles over every request, throughputs over the total time),
     with several rounds the min and max of each round's `SPREAD_KEYS` as `<key>_min` / `<key>_max`, and with a
     `baseline` policy the ratios of its rounds' mean TPOT to the baseline's (module docstring)."""
-    base_tpot = {(run["rate"], run["round"]): run["mean_tpot_ms"] for run in runs if run["policy"] == baseline}
     rows = []
     for rate in rates:
         for policy in policies:
@@ -132,11 +131,17 @@ def aggregate_rows(runs: list[dict], records: list[dict], policies: list[str], r
                     values = [run[key] for run in mine if run[key] is not None]
                     row[f"{key}_min"], row[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
             if baseline is not None:
-                row.update(_ratios("mean_tpot_vs_baseline", [
-                    run["mean_tpot_ms"] / base for run in mine
-                    if run["mean_tpot_ms"] is not None and (base := base_tpot.get((rate, run["round"])))]))
+                row.update(_ratios("mean_tpot_vs_baseline", round_ratios(runs, policy, baseline, rate)))
             rows.append(row)
     return rows
+
+
+def round_ratios(runs: list[dict], policy: str, baseline: str, rate: float) -> list[float]:
+    """Per round at `rate`: `policy`'s mean TPOT over `baseline`'s (a round without either is left out)."""
+    base = {run["round"]: run["mean_tpot_ms"] for run in runs if run["policy"] == baseline and run["rate"] == rate}
+    return [run["mean_tpot_ms"] / base[run["round"]] for run in runs
+            if run["policy"] == policy and run["rate"] == rate and run["mean_tpot_ms"] is not None
+            and base.get(run["round"])]
 
 
 def _ratios(key: str, ratios: list[float]) -> dict:
