@@ -7,7 +7,7 @@ import itertools
 import torch
 from adaspec.kernels.rejection_sampler_ref import rejection_sample
 
-from adaspec.engine.greedy_verify import greedy_verify
+from adaspec.engine.verification import greedy_verify
 
 
 def test_greedy_verify_matches_the_rejection_sampler_on_ragged_batches():

@@ -26,16 +26,14 @@ import torch
 from tqdm import tqdm
 
 from adaspec import kernels
-from adaspec.engine import latency_probe
+from adaspec.engine import latency_probe, request_intake
 from adaspec.engine.cuda_graphs import require_cuda
 from adaspec.engine.detokenizer import IncrementalDetokenizer
 from adaspec.engine.drafter import SPARSE_K, Drafter, Drafts, no_drafts
-from adaspec.engine.greedy_verify import greedy_verify
-from adaspec.engine.kv_cache import KVCacheExhausted, PagedKVCache
+from adaspec.engine.kv_cache import allocate_kv_caches
 from adaspec.engine.model_loader import (
     BUNDLED_DRAFT,
     BUNDLED_TARGET,
-    LoadedModel,
     check_same_vocabulary,
     default_device,
     default_dtype,
@@ -44,9 +42,10 @@ from adaspec.engine.model_loader import (
 )
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
 from adaspec.engine.scheduler import Scheduler
-from adaspec.engine.sequence import Sequence, SequenceStatus, check_token_ids
+from adaspec.engine.sequence import Sequence, SequenceStatus
 from adaspec.engine.step_planner import StepPlanner, StepTimings
-from adaspec.kernels.rng import splitmix64
+from adaspec.engine.stop_conditions import eos_token_ids, stop_reason
+from adaspec.engine.verification import verify
 from adaspec.outputs import RequestOutput
 from adaspec.sampling_params import SamplingParams
 from adaspec.speculation.draft_budget import NO_DRAFTS, DraftBudget
@@ -54,8 +53,6 @@ from adaspec.speculation.latency_profile import LatencyProfile
 from adaspec.speculation.policies import DEFAULT_POLICY, Policy
 from adaspec.speculation.prefill_budget import WaitingPrompt
 from adaspec.speculation.step_state import StepLoad
-
-VERIFY_STREAM = 2
 
 Prompt = str | list[int]
 
@@ -105,16 +102,17 @@ class Engine:
         self.tokenizer = self.target.tokenizer
         limits = [self.target.max_model_len] + ([self.draft.max_model_len] if self.draft else [])
         self.max_model_len = min(limits + ([max_model_len] if max_model_len else []))
-        self.eos_token_ids = _eos_token_ids(self.target)
+        self.eos_token_ids = eos_token_ids(self.target)
 
         budget = kv_cache_memory or default_kv_budget(self.device)
-        caches = self._allocate_kv_caches(budget, block_size)
-        self.target_runner = ModelRunner(self.target, caches[0])
-        self.drafter = Drafter(ModelRunner(self.draft, caches[1]), self.target.vocab_size) if self.draft else None
+        target_cache, *draft_cache = allocate_kv_caches([m for m in (self.target, self.draft) if m is not None],
+                                                        budget, block_size, self.device)
+        self.target_runner = ModelRunner(self.target, target_cache)
+        self.drafter = Drafter(ModelRunner(self.draft, *draft_cache), self.target.vocab_size) if self.draft else None
         if cuda_graphs:
             self._capture_cuda_graphs(max_num_seqs)
         self.scheduler = Scheduler(
-            caches[0].blocks, caches[1].blocks if self.draft else None, max_num_seqs, max_num_batched_tokens,
+            target_cache.blocks, self.drafter.blocks if self.drafter else None, max_num_seqs, max_num_batched_tokens,
             reserve_tokens=self._reserve_tokens,
         )
         self._ids = itertools.count()
@@ -204,7 +202,7 @@ class Engine:
         """Advance every running request by one speculative step; returns the requests that finished."""
         start = time.perf_counter()
         decoding = self.scheduler.decoding()
-        prompts = self._waiting_prompts()
+        prompts = self.scheduler.waiting_prompts(time.perf_counter())
         budgets, ctx = self._plan(decoding, prompts)
         spent = sum(b.max_tokens + 1 for b in budgets)
         prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent, prompts, lambda: [
@@ -223,7 +221,7 @@ class Engine:
 
     def _plan(self, decoding: list[Sequence], prompts: list[WaitingPrompt]):
         """Each decoding request's draft budget from its policy, capped by the room it has left (`prompts`: the
-        step's `_waiting_prompts()`)."""
+        step's `Scheduler.waiting_prompts`)."""
         if self.drafter is not None:  # the draft cache fills at a request's first draft step, and catches up after
             blocks = self.drafter.blocks
             for seq in decoding:
@@ -243,29 +241,16 @@ class Engine:
                         context=_mean_context(decoding), overhead_ms=self.planner.overhead_ms,
                         step_cap_ms=max(min((p.ttft_left_ms for p in prompts), default=math.inf), 0.0))
 
-    def _waiting_prompts(self) -> list[WaitingPrompt]:
-        """The prompts still to prefill, in the order prefill serves them, with their time left before TTFT."""
-        blocks, now = self.target_runner.kv_cache.blocks, time.perf_counter()
-        prompts = []
-        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-            if seq.status not in (SequenceStatus.PREFILLING, SequenceStatus.WAITING):
-                continue
-            ttft_s = seq.request_state.ttft_slo_s
-            prompts.append(WaitingPrompt(
-                len(seq.token_ids) - (blocks.num_tokens(seq.seq_id) if seq.seq_id in blocks else 0),
-                math.inf if ttft_s is None else (ttft_s - (now - seq.stats.arrival_time)) * 1e3))
-        return prompts
-
     def _prompt_budget(self, decoding: list[Sequence], rows: list[Sequence], query_tokens: int,
                        prompts: list[WaitingPrompt] | None = None,
                        step_tokens: Callable[[], list[float]] | None = None) -> int:
         """The prompt tokens this step may carry: what `max_num_batched_tokens` leaves, and no more than keeps
         the decoding requests' TPOT SLOs (`adaspec.speculation.prefill_budget`). `rows`: the decoding requests in
-        this step's forward, with `query_tokens` in all; `prompts`: `_waiting_prompts()` when the caller has them;
-        `step_tokens`: gives the tokens each decoding request is expected to commit in the step (1 when not given;
-        asked only when prompts wait: it costs a pass over the batch)."""
+        this step's forward, with `query_tokens` in all; `prompts`: `Scheduler.waiting_prompts` when the caller has
+        them; `step_tokens`: gives the tokens each decoding request is expected to commit in the step (1 when not
+        given; asked only when prompts wait: it costs a pass over the batch)."""
         room = self.scheduler.max_num_batched_tokens - query_tokens
-        prompts = self._waiting_prompts() if prompts is None else prompts
+        prompts = self.scheduler.waiting_prompts(time.perf_counter()) if prompts is None else prompts
         if not prompts:
             return room
         return self.planner.prompt_budget(decoding, (len(rows), query_tokens, _mean_context(rows)), prompts, room,
@@ -310,26 +295,7 @@ class Engine:
         return logits, verifying, (len(items), sum(len(item.token_ids) for item in items), sum(contexts) / len(contexts))
 
     def _verify(self, seqs: list[Sequence], draft_tokens: list[list[int]], drafts: Drafts, logits: torch.Tensor):
-        if not seqs:
-            return [], []
-        params = [s.params for s in seqs]
-        if all(p.greedy for p in params):
-            return greedy_verify(logits.argmax(dim=-1).tolist(), draft_tokens)
-        device = logits.device
-        num_accepted, emitted = kernels.rejection_sample(
-            target_logits=logits,
-            draft_token_ids=torch.tensor([t for d in draft_tokens for t in d], dtype=torch.long, device=device),
-            draft_topk_ids=drafts.topk_ids.to(device),
-            draft_topk_probs=drafts.topk_probs.to(device),
-            cu_num_draft_tokens=torch.tensor(list(itertools.accumulate(map(len, draft_tokens))), device=device),
-            temperature=torch.tensor([p.temperature for p in params], device=device),
-            top_k=torch.tensor([p.top_k for p in params], device=device),
-            top_p=torch.tensor([p.top_p for p in params], device=device),
-            is_greedy=torch.tensor([p.greedy for p in params], device=device),
-            seeds=torch.tensor([splitmix64(s.seed, len(s.token_ids), VERIFY_STREAM) for s in seqs], device=device),
-            max_spec_len=max(map(len, draft_tokens)),
-        )
-        return num_accepted.tolist(), emitted.tolist()
+        return verify(seqs, draft_tokens, drafts, logits)
 
     def _commit(self, seqs: list[Sequence], drafts: Drafts, num_accepted: list[int], emitted: list[list[int]]):
         finished = []
@@ -346,7 +312,7 @@ class Engine:
                 seq.stats.first_token_time = now
             for token in emitted[i][: accepted + 1]:
                 seq.token_ids.append(token)
-                reason = self._stop_reason(seq, token)
+                reason = stop_reason(seq, token, self.eos_token_ids, self.max_model_len)
                 if reason:
                     self._finish(seq, reason)
                     finished.append(seq)
@@ -360,23 +326,6 @@ class Engine:
         for blocks in self._block_managers():
             if seq.seq_id in blocks:
                 blocks.resize(seq.seq_id, min(blocks.num_tokens(seq.seq_id), num_valid))
-
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
-        params = seq.params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if params.stop:
-            seq.output_text.add([token])
-            text = seq.output_text.text
-            scan_from = max(0, seq.stop_scan_from - max(map(len, params.stop)) + 1)
-            hits = [i for s in params.stop if (i := text.find(s, scan_from)) >= 0]
-            seq.stop_scan_from = len(text)
-            if hits:
-                seq.stop_text_index = min(hits)
-                return "stop"
-        if seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
-            return "length"
-        return None
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
@@ -392,26 +341,12 @@ class Engine:
                       tpot_ms: float | None = None) -> Sequence:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        for name, value in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+        request_intake.check_slos(ttft_ms, tpot_ms)
         policy = self.planner.policy(policy)
         if policy.uses_draft and self.drafter is None and not self.external_drafts:
             raise ValueError(f"policy '{policy}' needs a draft model; this engine has none (use 'none')")
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt is empty")
-            prompt_ids = self.tokenizer(prompt)["input_ids"]
-        else:
-            prompt_ids = list(prompt)
-            if not prompt_ids:
-                raise ValueError("prompt is empty")
-            check_token_ids(prompt_ids, self.target.vocab_size, "prompt token ids")
-        if len(prompt_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens and the prompt "
-                f"must leave room for at least one new token"
-            )
+        prompt_ids = request_intake.prompt_token_ids(prompt, self.tokenizer, self.target.vocab_size,
+                                                     self.max_model_len)
         seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
         seq = Sequence(next(self._ids), prompt_ids, params, seed, policy)
         seq.request_state.ttft_slo_s = None if ttft_ms is None else ttft_ms / 1e3
@@ -419,32 +354,14 @@ class Engine:
         if params.stop:
             seq.output_text = IncrementalDetokenizer(self.tokenizer)
         if resume_output:
-            self._resume(seq, list(resume_output))
+            request_intake.resume(seq, list(resume_output), self.target.vocab_size, self.max_model_len)
         return seq
 
-    def _resume(self, seq: Sequence, output_ids: list[int]) -> None:
-        check_token_ids(output_ids, self.target.vocab_size, "resumed output token ids")
-        if len(output_ids) >= seq.params.max_tokens or len(seq.token_ids) + len(output_ids) >= self.max_model_len:
-            raise ValueError(f"resumed output of {len(output_ids)} tokens leaves nothing to generate "
-                             f"(max_tokens {seq.params.max_tokens}, context {self.max_model_len})")
-        seq.token_ids += output_ids
-        if seq.output_text is not None:
-            seq.output_text.add(output_ids)
-            seq.stop_scan_from = len(seq.output_text.text)
-
     def _reserve_tokens(self, seq: Sequence) -> int:
-        final_len = min(seq.num_prompt_tokens + seq.params.max_tokens, self.max_model_len)
-        return final_len + (self.max_spec_len if seq.policy.uses_draft else 0)
+        return request_intake.reserve_tokens(seq, self.max_model_len, self.max_spec_len)
 
     def _check_fits(self, seq: Sequence) -> None:
-        need = self._reserve_tokens(seq)
-        for blocks in self._block_managers():
-            if blocks.blocks_for(need) > blocks.num_blocks:
-                raise KVCacheExhausted(
-                    f"request needs {blocks.blocks_for(need)} KV blocks ({need} tokens) but the cache holds only "
-                    f"{blocks.num_blocks} blocks of {blocks.block_size} tokens; raise kv_cache_memory or lower "
-                    f"max_tokens"
-                )
+        request_intake.check_fits(self._reserve_tokens(seq), self._block_managers())
 
     def _capture_cuda_graphs(self, max_num_seqs: int) -> None:
         """Decode and verify forwards (up to max_spec_len + 1 new tokens per sequence: a verify step, or a draft
@@ -458,31 +375,14 @@ class Engine:
         if self.drafter is not None:
             yield self.drafter.blocks
 
-    def _allocate_kv_caches(self, budget: int, block_size: int) -> tuple[PagedKVCache, PagedKVCache | None]:
-        """Split one byte budget between target and draft so that both hold the same number of tokens."""
-        models = [m for m in (self.target, self.draft) if m is not None]
-        per_token = [PagedKVCache.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, m.dtype) for m in models]
-        caches = [
-            PagedKVCache.from_budget(budget * size // sum(per_token), m.num_layers, m.num_kv_heads, m.head_dim,
-                                     block_size, m.dtype, self.device)
-            for m, size in zip(models, per_token)
-        ]
-        return caches[0], caches[1] if len(caches) > 1 else None
-
     def measure_profile(self, grid: latency_probe.ProbeGrid = latency_probe.QUICK,
                         progress=lambda n: None) -> LatencyProfile:
         """Time target and draft forwards of the grid's shapes on this machine (the caches must be idle enough
         to hold the scratch sequences; shapes that do not fit are skipped)."""
-        length = self.max_model_len
-        verify = latency_probe.probe(self.target_runner, grid.shapes(grid.verify_tokens, length), grid.repeats,
-                                     logits_per_token=True, progress=progress)
-        draft = [] if self.drafter is None else latency_probe.probe(
-            self.drafter.runner, grid.shapes(grid.draft_tokens, length), grid.repeats, logits_per_token=False,
-            progress=progress)
-        return LatencyProfile.from_samples(verify, draft, {
-            "device": str(self.device), "dtype": str(self.target.dtype).removeprefix("torch."),
-            "target": self.target.path, "draft": self.draft.path if self.draft else None,
-            "grid": "quick" if grid is latency_probe.QUICK else "full"})
+        return latency_probe.measure_profile(
+            self.target_runner, self.drafter.runner if self.drafter else None, self.max_model_len, grid, progress,
+            {"device": str(self.device), "dtype": str(self.target.dtype).removeprefix("torch."),
+             "target": self.target.path, "draft": self.draft.path if self.draft else None})
 
     def kv_usage(self) -> dict:
         """Free and total blocks of each cache (what a health endpoint or a test reads)."""
@@ -492,11 +392,3 @@ class Engine:
 
 def _mean_context(seqs: list[Sequence]) -> float:
     return sum(len(s.token_ids) for s in seqs) / len(seqs) if seqs else 0.0
-
-
-def _eos_token_ids(model: LoadedModel) -> set[int]:
-    ids = model.model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if model.tokenizer.eos_token_id is not None:
-        ids.add(model.tokenizer.eos_token_id)
-    return ids

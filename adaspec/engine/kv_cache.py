@@ -125,3 +125,12 @@ class PagedKVCache:
             raise ValueError(f"KV memory budget of {budget_bytes} bytes is smaller than two blocks ({block_bytes} each: "
                              f"one to hand out, one scratch)")
         return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device)
+
+
+def allocate_kv_caches(models: list, budget_bytes: int, block_size: int, device: torch.device) -> list[PagedKVCache]:
+    """One cache per model (each a `LoadedModel`: target, then draft) from one byte budget, split so that every
+    cache holds the same number of tokens."""
+    per_token = [PagedKVCache.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, m.dtype) for m in models]
+    return [PagedKVCache.from_budget(budget_bytes * size // sum(per_token), m.num_layers, m.num_kv_heads, m.head_dim,
+                                     block_size, m.dtype, device)
+            for m, size in zip(models, per_token)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from adaspec.engine.model_runner import ForwardItem, ModelRunner
-from adaspec.speculation.latency_profile import Sample
+from adaspec.speculation.latency_profile import LatencyProfile, Sample
 
 PROBE_IDS = 1 << 40  # scratch sequence ids start here: far above any request id
 MAX_PROBE_TOKENS = 4096  # tokens per prefill forward while filling the scratch caches
@@ -38,6 +38,17 @@ class ProbeGrid:
 FULL = ProbeGrid(batches=(1, 2, 4, 8, 16, 32, 64), verify_tokens=(1, 2, 3, 5, 7, 9), draft_tokens=(1, 2, 4),
                  contexts=(32, 128, 512, 1024), repeats=3)
 QUICK = ProbeGrid(batches=(1, 8), verify_tokens=(1, 5), draft_tokens=(1, 2), contexts=(64, 256), repeats=2)
+
+
+def measure_profile(target: ModelRunner, draft: ModelRunner | None, max_model_len: int, grid: ProbeGrid,
+                    progress: Callable[[int], None], meta: dict) -> LatencyProfile:
+    """A latency profile of both models from the grid's shapes (the caches must be idle enough to hold the scratch
+    sequences; shapes that do not fit are skipped). `meta`: what the profile was measured on."""
+    verify = probe(target, grid.shapes(grid.verify_tokens, max_model_len), grid.repeats, logits_per_token=True,
+                   progress=progress)
+    drafts = [] if draft is None else probe(draft, grid.shapes(grid.draft_tokens, max_model_len), grid.repeats,
+                                            logits_per_token=False, progress=progress)
+    return LatencyProfile.from_samples(verify, drafts, {**meta, "grid": "quick" if grid is QUICK else "full"})
 
 
 def probe(runner: ModelRunner, shapes: list[tuple[int, int, int]], repeats: int, logits_per_token: bool,

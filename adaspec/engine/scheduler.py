@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from adaspec.engine.kv_cache import BlockManager
 from adaspec.engine.sequence import Sequence, SequenceStatus
+from adaspec.speculation.prefill_budget import WaitingPrompt
 
 
 class Scheduler:
@@ -31,6 +33,19 @@ class Scheduler:
 
     def decoding(self) -> list[Sequence]:
         return [s for s in self.running if s.status is SequenceStatus.DECODING]
+
+    def waiting_prompts(self, now: float) -> list[WaitingPrompt]:
+        """The prompts still to prefill, in the order prefill serves them, with their time left before TTFT at `now`
+        (perf_counter seconds)."""
+        prompts = []
+        for seq in [*self.running, *self.waiting]:
+            if seq.status not in (SequenceStatus.PREFILLING, SequenceStatus.WAITING):
+                continue
+            cached = self.target_blocks.num_tokens(seq.seq_id) if seq.seq_id in self.target_blocks else 0
+            ttft_s = seq.request_state.ttft_slo_s
+            prompts.append(WaitingPrompt(len(seq.token_ids) - cached, math.inf if ttft_s is None
+                                         else (ttft_s - (now - seq.stats.arrival_time)) * 1e3))
+        return prompts
 
     def schedule_prefills(self, token_budget: int) -> list[tuple[Sequence, int]]:
         """Admit waiting sequences (FCFS) while KV reservations fit; give prompt chunks the budget left."""
