@@ -285,6 +285,35 @@ def test_what_drafting_costs_is_the_mean_of_its_samples_long_tail_included(monke
                                                                       (4.5, 14.6))]
 
 
+def test_a_stale_drafting_cost_decays_toward_its_cheapest_whole_window_not_to_zero(monkeypatch):
+    """While nothing drafts, what drafting costs decays so that drafting is tried again once the load that made it
+    dear may have gone; but never below what a whole window of drafting steps cost at its cheapest. A window at 8 ms
+    over the forwards, then one at 20 (a busier replica): a minute without drafting later, the plan prices a drafting
+    step at 8 ms again, not at 0. Before any whole window there is no floor: it decays to 0."""
+    clock = frozen_clock(monkeypatch)
+    window = coordinator_speculation.DRAFT_SAMPLES
+
+    async def scenario() -> list[tuple[float, float]]:
+        steps, run = await a_drafting_request()
+        learnt = []
+        for beyond_ms in [8.0] * (window // 2 + 1) + [8.0] * (window // 2) + [20.0] * window:  # first: not a sample
+            run.budget(room=8)
+            clock[0] += (run.forwards.ms(2) + beyond_ms) / 1e3
+            run.committed([18, 19], 1, [0.9, 0.3])
+            if len(learnt) == 0 and steps.draft_overhead["draft-0", run.policy].count == window // 2:
+                clock[0] += 60.0  # half a window, then a minute without drafting
+                learnt.append(steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0]))
+        learnt.append(steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0]))  # just measured
+        clock[0] += 60.0
+        learnt.append(steps.draft_overhead_ms("draft-0", "verify-0", run.policy, clock[0]))
+        return learnt
+
+    no_floor, busy, stale = asyncio.run(scenario())
+    assert no_floor == pytest.approx((0.0, 0.0), abs=0.01)
+    assert busy == pytest.approx((20.0, 20.0))
+    assert stale == pytest.approx((8.0, 8.0), abs=0.01)
+
+
 def test_what_drafting_costs_is_measured_against_the_plain_overhead_as_it_is_now(monkeypatch):
     """Drafting steps 12 ms over their forwards before any plain step was timed, then plain steps 10 ms over theirs:
     drafting costs 2 ms more than a plain step, not the 12 the first samples said, for as long as they are kept."""

@@ -202,7 +202,7 @@ class Engine:
         """Advance every running request by one speculative step; returns the requests that finished."""
         start = time.perf_counter()
         decoding = self.scheduler.decoding()
-        prompts = self.scheduler.waiting_prompts(time.perf_counter())
+        prompts = self.scheduler.waiting_prompts(start)
         budgets, ctx = self._plan(decoding, prompts)
         spent = sum(b.max_tokens + 1 for b in budgets)
         prefills = self.scheduler.schedule_prefills(self._prompt_budget(decoding, decoding, spent, prompts, lambda: [

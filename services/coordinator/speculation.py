@@ -14,7 +14,8 @@ gets the step as the pure core sees it:
     coordinator's requests of the policy (each learns from its own steps: a sample is also the latency model's
     error on the drafts' shape, which is the policy's; and a benchmark interleaving policies on one coordinator
     would otherwise let one decide another's drafting); only measured while requests draft, so left alone it
-    decays (half-life `STALE_HALF_LIFE_S`) and drafting is tried again.
+    decays (half-life `STALE_HALF_LIFE_S`) toward the least it has cost, and drafting is tried again if it pays at
+    that cost.
 A policy that plans the batch (`needs_profile`: adaspec, goodput, batch-schedule, adaspec-paper) gets every
 request of this coordinator on the replica that uses it, as the engine gives it its batch: requests that
 draft together share the draft forwards, which no request planning alone could count on. That joint plan
@@ -60,29 +61,47 @@ PLAIN_PLAN_MAX_AGE_S = 0.1  # several steps of a loaded replica; short beside a 
 
 
 class RecentSamples:
-    """The last `DRAFT_SAMPLES` samples: their mean and their 90th percentile, which decay toward 0 while no new
-    sample comes (`STALE_HALF_LIFE_S`). The plan's goodput weighs expected step times, hence the mean, not a median:
-    a drafting step's cost has a long tail (two hops, each may wait for the other replica's step or a busy core).
-    On two cores at 4 req/s the median of its samples was 11.7 ms and their mean 19.1: with the median, drafting
-    looked as if it paid where it cost 22 ms a token against 17.6 without. The SLO checks see the tail."""
+    """The last `DRAFT_SAMPLES` samples: their mean and their 90th percentile. The plan's goodput weighs expected step
+    times, hence the mean, not a median: a drafting step's cost has a long tail (two hops, each may wait for the other
+    replica's step or a busy core). On two cores at 4 req/s the median of its samples was 11.7 ms and their mean 19.1:
+    with the median, drafting looked as if it paid where it cost 22 ms a token against 17.6 without. The SLO checks
+    see the tail.
+
+    While no new sample comes they decay (`STALE_HALF_LIFE_S`), so that drafting is tried again once the load that
+    made it dear may have gone; toward the cheapest whole window of samples seen so far, not toward 0: drafting never
+    costs less than it did at its cheapest, and where even that does not pay (a fast verify forward beside the hops)
+    a cost decaying to 0 had the plan try drafting again every few seconds, each time at a loss (on two cores at
+    1-4 req/s, mean k 0.5-0.8 and 1.06-1.19x `none`'s mean TPOT, where no fixed k beat `none`)."""
 
     def __init__(self):
         self.samples: deque[float] = deque(maxlen=DRAFT_SAMPLES)
         self.at = 0.0
+        self.count = 0
+        self.floor: tuple[float, float] = (0.0, 0.0)  # the lowest (mean, tail) of a whole window, once there is one
 
     def add(self, sample_ms: float, now: float) -> None:
         self.samples.append(sample_ms)
         self.at = now
+        self.count += 1
+        if self.count == DRAFT_SAMPLES:
+            self.floor = self._stats()
+        elif self.count % DRAFT_SAMPLES == 0:  # windows apart: the least of many overlapping ones would be too low
+            self.floor = tuple(map(min, self.floor, self._stats()))
 
     def now(self, now: float, less: float = 0.0) -> tuple[float, float]:
-        """(mean, 90th percentile) at `now`, `less` taken off each before they decay."""
+        """(mean, 90th percentile) at `now`, `less` taken off each (and off the floor) before they decay."""
         if not self.samples:
             return 0.0, 0.0
         decay = 0.5 ** ((now - self.at) / STALE_HALF_LIFE_S)
+        values = [max(0.0, v - less) for v in self._stats()]
+        floors = [max(0.0, f - less) for f in self.floor]
+        return tuple(f + (v - f) * decay for v, f in zip(values, floors))
+
+    def _stats(self) -> tuple[float, float]:
         tail = self.samples[0]
         if len(self.samples) > 1:  # "inclusive": never past the largest sample
             tail = statistics.quantiles(self.samples, n=10, method="inclusive")[-1]
-        return max(0.0, statistics.fmean(self.samples) - less) * decay, max(0.0, tail - less) * decay
+        return statistics.fmean(self.samples), tail
 
 
 @dataclass(frozen=True)
