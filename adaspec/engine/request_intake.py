@@ -1,5 +1,6 @@
 """A request as the engine takes it in: its SLOs and prompt checked, the prompt tokenised, the output it already
-has elsewhere (a failed replica's) replayed, and the KV room it may need at most reserved up front.
+has elsewhere (a failed replica's) replayed, and the KV room it may need at most (what the scheduler reserves when
+it admits the request) checked against the caches.
 
 Every check raises ValueError (KVCacheExhausted for room) naming the field, before the request touches any cache.
 """
