@@ -77,31 +77,30 @@ class RecentSamples:
         self.samples: deque[float] = deque(maxlen=DRAFT_SAMPLES)
         self.at = 0.0
         self.count = 0
+        self.stats: tuple[float, float] = (0.0, 0.0)  # (mean, tail) of the samples, kept: read far more than added
         self.floor: tuple[float, float] = (0.0, 0.0)  # the lowest (mean, tail) of a whole window, once there is one
 
     def add(self, sample_ms: float, now: float) -> None:
         self.samples.append(sample_ms)
         self.at = now
         self.count += 1
+        tail = sample_ms
+        if len(self.samples) > 1:  # "inclusive": never past the largest sample
+            tail = statistics.quantiles(self.samples, n=10, method="inclusive")[-1]
+        self.stats = (statistics.fmean(self.samples), tail)
         if self.count == DRAFT_SAMPLES:
-            self.floor = self._stats()
+            self.floor = self.stats
         elif self.count % DRAFT_SAMPLES == 0:  # windows apart: the least of many overlapping ones would be too low
-            self.floor = tuple(map(min, self.floor, self._stats()))
+            self.floor = tuple(map(min, self.floor, self.stats))
 
     def now(self, now: float, less: float = 0.0) -> tuple[float, float]:
         """(mean, 90th percentile) at `now`, `less` taken off each (and off the floor) before they decay."""
         if not self.samples:
             return 0.0, 0.0
         decay = 0.5 ** ((now - self.at) / STALE_HALF_LIFE_S)
-        values = [max(0.0, v - less) for v in self._stats()]
+        values = [max(0.0, v - less) for v in self.stats]
         floors = [max(0.0, f - less) for f in self.floor]
         return tuple(f + (v - f) * decay for v, f in zip(values, floors))
-
-    def _stats(self) -> tuple[float, float]:
-        tail = self.samples[0]
-        if len(self.samples) > 1:  # "inclusive": never past the largest sample
-            tail = statistics.quantiles(self.samples, n=10, method="inclusive")[-1]
-        return statistics.fmean(self.samples), tail
 
 
 @dataclass(frozen=True)
